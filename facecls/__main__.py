@@ -1,0 +1,5 @@
+import sys
+
+from facecls.cli import main
+
+sys.exit(main())

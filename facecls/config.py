@@ -1,0 +1,131 @@
+"""Settings of every stage: the one place where defaults live.
+
+Each settings record is a frozen dataclass. ``from_dict`` rejects unknown keys and
+suggests the closest known one, so a typo in a stored config never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from facecls.errors import FaceclsError
+
+T = TypeVar("T")
+
+FACE_POLICIES = ("largest", "most_confident", "all", "skip")
+BALANCE_POLICIES = ("undersample", "oversample", "weight", "none")
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise FaceclsError(f"{name} must be between {low} and {high}. Received: {value}")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise FaceclsError(f"{name} must be one of {', '.join(map(str, allowed))}. Received: {value!r}")
+
+
+def settings_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a settings record from a dict, rejecting unknown keys with a suggestion."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise FaceclsError(f"Unknown {cls.__name__} key {key!r}.{hint} Allowed: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
+def settings_to_dict(settings: Any) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """How ingest decides which files are usable."""
+
+    min_side: int = 32  # shortest side in pixels below which a photo is too_small
+    max_megapixels: float = 50.0  # larger photos are too_large (decompression-bomb guard)
+    near_duplicate_distance: int = 4  # max Hamming distance between 64-bit dHashes
+
+    def __post_init__(self):
+        _check_range("min_side", self.min_side, 1, 10_000)
+        _check_range("max_megapixels", self.max_megapixels, 0.01, 1_000)
+        _check_range("near_duplicate_distance", self.near_duplicate_distance, 0, 32)
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """How MTCNN is run."""
+
+    detect_side: int = 640  # photos are downscaled so their longest side is at most this before detecting
+    min_confidence: float = 0.90  # detections below this are ignored (status low_confidence if nothing is left)
+    min_face_fraction: float = 0.04  # faces smaller than this fraction of the photo's shorter side are ignored
+    batch_size: int = 8  # same-size photos detected in one MTCNN call
+
+    def __post_init__(self):
+        _check_range("detect_side", self.detect_side, 64, 8192)
+        _check_range("min_confidence", self.min_confidence, 0.0, 1.0)
+        _check_range("min_face_fraction", self.min_face_fraction, 0.0, 1.0)
+        _check_range("batch_size", self.batch_size, 1, 256)
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How a detected face becomes a crop."""
+
+    margin: float = 0.25  # added on each side, as a fraction of the box's longer side
+    image_size: int = 224  # crops are square, this many pixels a side (the model's input size)
+    face_policy: str = "largest"
+    crop_format: str = "jpg"
+
+    def __post_init__(self):
+        _check_range("margin", self.margin, 0.0, 1.0)
+        _check_range("image_size", self.image_size, 32, 1024)
+        _check_choice("face_policy", self.face_policy, FACE_POLICIES)
+        _check_choice("crop_format", self.crop_format, ("jpg", "png"))
+
+
+@dataclass(frozen=True)
+class CurateSettings:
+    """How crops are split and balanced."""
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    balance: str = "weight"
+    flip: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
+        _check_range("test_fraction", self.test_fraction, 0.0, 0.5)
+        _check_choice("balance", self.balance, BALANCE_POLICIES)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How MobileNetV2 is trained."""
+
+    alpha: float = 0.35
+    weights: str = "imagenet"  # "imagenet" or a path to a no-top weights file (.h5 or .weights.h5)
+    dropout: float = 0.2
+    head_epochs: int = 40
+    head_learning_rate: float = 1e-3
+    fine_tune_epochs: int = 20
+    fine_tune_learning_rate: float = 1e-4
+    fine_tune_from: str = "block_13_expand"  # first layer of the base trained in phase 2 ("" skips phase 2)
+    batch_size: int = 32
+    patience: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_choice("alpha", self.alpha, ALPHAS)
+        _check_range("dropout", self.dropout, 0.0, 0.9)
+        _check_range("head_epochs", self.head_epochs, 1, 1000)
+        _check_range("fine_tune_epochs", self.fine_tune_epochs, 0, 1000)
+        _check_range("batch_size", self.batch_size, 1, 4096)

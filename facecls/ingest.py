@@ -1,0 +1,268 @@
+"""Stage 1, ingest: index a scrape ``<scrape>/<person>/**``, decode every file, find duplicates.
+
+The scrape is only read. Each file gets one ``IngestRecord`` with a status:
+
+- ``ok``: a usable photo, the one kept of its duplicate group;
+- ``unreadable``: an image that fails to decode (truncated, corrupt, permission denied);
+- ``not_image``: content that is no image at all (HTML, text, ...), whatever its extension;
+- ``too_small`` / ``too_large``: under ``min_side`` pixels, or over ``max_megapixels``;
+- ``duplicate``: byte-identical to a kept photo;
+- ``near_duplicate``: the same picture re-encoded, resized or mirrored (perceptual hash);
+- ``no_person``: a file lying directly in the scrape folder, outside any person's folder.
+
+Every usable photo belongs to a duplicate ``group`` (the kept photo's id); later stages keep a
+group together so that copies of one photo never land in both training and test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from facecls import images
+from facecls.config import IngestSettings, settings_to_dict
+from facecls.errors import FaceclsError
+from facecls.manifest import field_names, output_lock, read_csv, sha256_file, write_csv, write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "ingest.csv"
+SUMMARY_NAME = "ingest.json"
+STATUSES = ("ok", "unreadable", "not_image", "too_small", "too_large", "duplicate", "near_duplicate", "no_person")
+USABLE_STATUSES = ("ok",)
+
+
+@dataclass(frozen=True)
+class IngestRecord:
+    """What ingest found out about one file of the scrape."""
+
+    path: str  # relative to the scrape folder
+    person: str
+    sha256: str
+    format: str
+    width: int
+    height: int
+    status: str
+    reason: str
+    group: str  # duplicate-group id: the first 16 hex digits of the kept photo's sha256
+    duplicate_of: str  # path of the kept photo, for duplicate and near_duplicate
+    dhash: str  # 64-bit difference hash of the photo, hex
+    dhash_mirror: str  # the same of its horizontal mirror
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    records: list[IngestRecord]
+    manifest_path: Path
+    counts: dict[str, int]  # by status
+    people: list[str]
+
+
+def difference_hash(pixels: np.ndarray) -> int:
+    """64-bit dHash: is each pixel of a 9x8 grayscale thumbnail brighter than its right neighbour."""
+    import cv2
+
+    gray = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def list_scrape(scrape: Path) -> list[tuple[Path, str]]:
+    """All files under ``<scrape>/<person>/`` as (path, person), sorted.
+
+    Files directly in the scrape folder come with person "" (they get status no_person).
+    Hidden files are included (a photo named ``.jpg`` is still a photo); symlinked
+    folders are not followed, so symlink loops cannot trap the walk.
+    """
+    scrape = Path(scrape)
+    if not scrape.exists():
+        raise FaceclsError(f"Scrape folder not found: {scrape}. Pass a folder laid out as <scrape>/<person>/<photos>.")
+    if not scrape.is_dir():
+        raise FaceclsError(f"{scrape} is a file; the scrape must be a folder laid out as <scrape>/<person>/<photos>.")
+    files: list[tuple[Path, str]] = [
+        (scrape / entry, "") for entry in sorted(os.listdir(scrape)) if not (scrape / entry).is_dir()
+    ]
+    people = sorted(entry for entry in os.listdir(scrape) if (scrape / entry).is_dir() and not entry.startswith("."))
+    for person in people:
+        for root, directories, names in os.walk(scrape / person, followlinks=False):
+            directories.sort()
+            for name in sorted(names):
+                files.append((Path(root) / name, person))
+    return files
+
+
+def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) -> IngestRecord:
+    relative = str(path.relative_to(scrape))
+    blank = IngestRecord(relative, person, "", "", 0, 0, "unreadable", "", "", "", "", "")
+    if not person:
+        return replace(
+            blank,
+            status="no_person",
+            reason="lies directly in the scrape folder; move it into <scrape>/<person>/ to use it",
+        )
+    try:
+        if path.is_symlink() and not path.exists():
+            return replace(blank, reason="broken symbolic link")
+        if not path.is_file():
+            return replace(blank, reason="not a regular file")
+        sha256 = sha256_file(path)
+    except OSError as error:
+        return replace(blank, reason=error.strerror or str(error))
+    blank = replace(blank, sha256=sha256)
+    max_pixels = int(settings.max_megapixels * 1e6)
+    try:
+        info = images.read_info(path)
+        blank = replace(blank, format=info.format, width=info.width, height=info.height)
+        if info.width * info.height > max_pixels:
+            return replace(
+                blank,
+                status="too_large",
+                reason=f"{info.width}x{info.height} is over {settings.max_megapixels:g} megapixels",
+            )
+        decoded = images.decode_image(path, max_pixels=max_pixels)
+    except images.NotAnImageError as error:
+        return replace(blank, status="not_image", reason=error.reason)
+    except images.ImageDecodeError as error:
+        return replace(blank, reason=error.reason)
+    record = replace(blank, width=decoded.width, height=decoded.height, status="ok")
+    if min(decoded.width, decoded.height) < settings.min_side:
+        return replace(
+            record,
+            status="too_small",
+            reason=f"{decoded.width}x{decoded.height} is under the minimum side of {settings.min_side} pixels",
+        )
+    return replace(
+        record,
+        dhash=f"{difference_hash(decoded.pixels):016x}",
+        dhash_mirror=f"{difference_hash(decoded.pixels[:, ::-1]):016x}",
+    )
+
+
+def _keep_order(record: IngestRecord) -> tuple:
+    # The copy kept of a group: most pixels, then the first path.
+    return (-record.width * record.height, record.path)
+
+
+def mark_duplicates(records: list[IngestRecord], max_distance: int) -> list[IngestRecord]:
+    """Group exact and near duplicates (mirrors included); keep one photo per group."""
+    usable = [index for index, record in enumerate(records) if record.status == "ok"]
+    parent = {index: index for index in usable}
+
+    def find(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    def union(first: int, second: int) -> None:
+        root_first, root_second = find(first), find(second)
+        if root_first != root_second:
+            parent[max(root_first, root_second)] = min(root_first, root_second)
+
+    by_sha: dict[str, int] = {}
+    for index in usable:
+        sha = records[index].sha256
+        if sha in by_sha:
+            union(by_sha[sha], index)
+        else:
+            by_sha[sha] = index
+
+    if usable:
+        hashes = np.array([int(records[index].dhash, 16) for index in usable], dtype=np.uint64)
+        mirrors = np.array([int(records[index].dhash_mirror, 16) for index in usable], dtype=np.uint64)
+        for position, index in enumerate(usable[:-1]):
+            later = hashes[position + 1 :]
+            distance = np.minimum(
+                np.bitwise_count(later ^ hashes[position]), np.bitwise_count(later ^ mirrors[position])
+            )
+            for offset in np.flatnonzero(distance <= max_distance):
+                union(index, usable[position + 1 + int(offset)])
+
+    members: dict[int, list[int]] = defaultdict(list)
+    for index in usable:
+        members[find(index)].append(index)
+    result = list(records)
+    for group in members.values():
+        kept = min(group, key=lambda index: _keep_order(records[index]))
+        group_id = records[kept].sha256[:16]
+        for index in group:
+            record = records[index]
+            if index == kept:
+                result[index] = replace(record, group=group_id)
+                continue
+            exact = record.sha256 == records[kept].sha256
+            other_person = "" if record.person == records[kept].person else f" (filed under {records[kept].person})"
+            result[index] = replace(
+                record,
+                status="duplicate" if exact else "near_duplicate",
+                reason=("same bytes as " if exact else "same picture (resized, re-encoded or mirrored) as ")
+                + records[kept].path
+                + other_person,
+                group=group_id,
+                duplicate_of=records[kept].path,
+            )
+    return result
+
+
+def ingest(scrape: Path, out_dir: Path, settings: IngestSettings = IngestSettings(), workers: int = 2) -> IngestResult:
+    """Index a scrape into ``<out_dir>/ingest.csv`` and ``ingest.json``; the scrape is not modified.
+
+    Raises:
+        FaceclsError: the scrape is missing, empty, or holds fewer than two people.
+    """
+    scrape, out_dir = Path(scrape), Path(out_dir)
+    files = list_scrape(scrape)
+    people = sorted({person for _, person in files if person})
+    if not people:
+        raise FaceclsError(
+            f"No photos found in {scrape}. Expected one folder per person: {scrape}/<person>/<photos>."
+        )
+    if len(people) < 2:
+        raise FaceclsError(
+            f"{scrape} holds photos of one person only ({people[0]}). "
+            "A classifier needs at least two people: add a folder per person."
+        )
+    with output_lock(out_dir):
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            records = list(
+                tqdm(
+                    pool.map(lambda item: _inspect(item[0], item[1], scrape, settings), files),
+                    total=len(files),
+                    desc="ingest",
+                    unit="file",
+                )
+            )
+        records = mark_duplicates(records, settings.near_duplicate_distance)
+        counts = Counter(record.status for record in records)
+        per_person = {
+            person: dict(Counter(record.status for record in records if record.person == person)) for person in people
+        }
+        manifest_path = out_dir / MANIFEST_NAME
+        write_csv(manifest_path, records, field_names(IngestRecord))
+        write_json(
+            out_dir / SUMMARY_NAME,
+            {
+                "scrape": str(scrape.resolve()),
+                "settings": settings_to_dict(settings),
+                "files": len(records),
+                "counts": dict(counts),
+                "per_person": per_person,
+            },
+        )
+    for person, person_counts in per_person.items():
+        if not person_counts.get("ok"):
+            logger.warning("%s: no usable photo of %s", scrape / person, person)
+    return IngestResult(records=records, manifest_path=manifest_path, counts=dict(counts), people=people)
+
+
+def read_ingest_manifest(path: Path) -> list[IngestRecord]:
+    rows = read_csv(path)
+    return [IngestRecord(**{**row, "width": int(row["width"]), "height": int(row["height"])}) for row in rows]
