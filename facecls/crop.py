@@ -43,10 +43,12 @@ CROPS_MANIFEST = "crops.csv"
 PHOTOS_MANIFEST = "photos.csv"
 SUMMARY_NAME = "crop.json"
 FACES_FOLDER = "faces"
+OTHERS_FOLDER = "others"  # faces of other people in the same photos: strangers for open-set calibration
+OTHERS_MANIFEST = "others.csv"
 SHEETS_FOLDER = "sheets"
 CACHE_FOLDER = "cache"
 # Bump when a change to detection or cropping changes the crops, so reruns redo old work.
-CROP_ALGORITHM_VERSION = 1
+CROP_ALGORITHM_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class FaceChoice:
     status: str
     reason: str
     chosen: tuple[int, ...]  # indices into the detections, in the order they are cropped
+    others: tuple[int, ...] = ()  # faces that passed the filters but were not chosen (other people)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class PhotoFaces:
     detections: tuple[Detection, ...] = ()  # every face MTCNN found, unfiltered
     chosen: tuple[int, ...] = ()  # indices of the detections that were cropped
     crops: tuple[np.ndarray, ...] = field(default=(), repr=False)  # one RGB crop per chosen face
+    others: tuple[int, ...] = ()  # indices of faces that passed the filters but were not chosen
+    other_crops: tuple[np.ndarray, ...] = field(default=(), repr=False)  # their crops: other people
 
 
 @dataclass(frozen=True)
@@ -138,15 +143,17 @@ def choose_faces(
         return FaceChoice("ok", "", (sized[0],))
     reason = f"{len(sized)} faces"
     if policy == "skip":
-        return FaceChoice("multiple_faces", reason + "; face_policy skip crops none", ())
+        return FaceChoice("multiple_faces", reason + "; face_policy skip crops none", (), tuple(sized))
     if policy == "all":
         ordered = sorted(sized, key=lambda index: -detections[index].area)
         return FaceChoice("multiple_faces", reason + "; face_policy all crops each", tuple(ordered))
     if policy == "most_confident":
         best = max(sized, key=lambda index: (detections[index].confidence, detections[index].area))
-        return FaceChoice("multiple_faces", reason + "; cropped the most confident", (best,))
-    largest = max(sized, key=lambda index: (detections[index].area, detections[index].confidence))
-    return FaceChoice("multiple_faces", reason + "; cropped the largest", (largest,))
+    else:
+        best = max(sized, key=lambda index: (detections[index].area, detections[index].confidence))
+    others = tuple(index for index in sized if index != best)
+    chosen_by = "the most confident" if policy == "most_confident" else "the largest"
+    return FaceChoice("multiple_faces", f"{reason}; cropped {chosen_by}", (best,), others)
 
 
 def square_box(detection: Detection, margin: float, width: int, height: int) -> tuple[int, int, int]:
@@ -181,8 +188,12 @@ def faces_in_pixels(
         height, width = pixels.shape[:2]
         choice = choose_faces(detections, width, height, detector.settings, crop_settings.face_policy)
         crops = tuple(crop_face(pixels, detections[index], crop_settings) for index in choice.chosen)
+        other_crops = tuple(crop_face(pixels, detections[index], crop_settings) for index in choice.others)
         results.append(
-            PhotoFaces(name, choice.status, choice.reason, width, height, tuple(detections), choice.chosen, crops)
+            PhotoFaces(
+                name, choice.status, choice.reason, width, height, tuple(detections), choice.chosen, crops,
+                choice.others, other_crops,
+            )
         )
     return results
 
@@ -345,7 +356,8 @@ def crop(
 
     Writes ``photos.csv`` (every photo, every detection, a status), ``crops.csv`` (every crop,
     linked to its source photo and duplicate group), ``crop.json`` and a contact sheet per person
-    in ``sheets/``. Photos done before with the same settings are reused.
+    in ``sheets/``. The other faces of multi-face photos go to ``others/<person>/`` and
+    ``others.csv``: they are mostly other people, the strangers used to calibrate ``unknown``. Photos done before with the same settings are reused.
     """
     from facecls.ingest import read_ingest_manifest
 
@@ -372,10 +384,11 @@ def crop(
                 cached[record.path] = _store_photo(faces, record, crop_settings, out_dir, cache_dir)
                 progress.update(1)
         progress.close()
-        photos, crops = _manifests(records, cached)
+        photos, crops, others = _manifests(records, cached)
         write_csv(out_dir / PHOTOS_MANIFEST, photos, field_names(PhotoRecord))
         write_csv(out_dir / CROPS_MANIFEST, crops, field_names(CropRecord))
-        _remove_stale_crops(out_dir, {crop_record.crop_path for crop_record in crops})
+        write_csv(out_dir / OTHERS_MANIFEST, others, field_names(CropRecord))
+        _remove_stale_crops(out_dir, {record.crop_path for record in crops + others})
         counts = dict(Counter(photo.status for photo in photos))
         write_json(
             out_dir / SUMMARY_NAME,
@@ -385,6 +398,7 @@ def crop(
                 "crop_settings": settings_to_dict(crop_settings),
                 "photos": len(photos),
                 "crops": len(crops),
+                "other_people_crops": len(others),
                 "counts": counts,
                 "reused": len(records) - len(todo),
             },
@@ -412,7 +426,7 @@ def _read_cache(cache_dir: Path, sha256: str, out_dir: Path) -> dict | None:
         entry = read_json(path)
     except FaceclsError:
         return None
-    if not all((out_dir / name).exists() for name in entry.get("crop_files", [])):
+    if not all((out_dir / name).exists() for name in entry.get("crop_files", []) + entry.get("other_files", [])):
         return None
     return entry
 
@@ -427,6 +441,13 @@ def _store_photo(
         )
         images.write_image(out_dir / name, pixels)
         crop_files.append(name)
+    other_files = []
+    for index, pixels in zip(faces.others, faces.other_crops):
+        name = f"{OTHERS_FOLDER}/{record.person}/" + crop_file_name(
+            record.path, record.sha256, index, crop_settings.crop_format
+        )
+        images.write_image(out_dir / name, pixels)
+        other_files.append(name)
     entry = {
         "status": faces.status,
         "reason": faces.reason,
@@ -435,14 +456,16 @@ def _store_photo(
         "detections": [detection.to_dict() for detection in faces.detections],
         "chosen": list(faces.chosen),
         "crop_files": crop_files,
+        "others": list(faces.others),
+        "other_files": other_files,
     }
     # Written last: a photo counts as done only once its crops are on disk.
     write_json(_cache_path(cache_dir, record.sha256), entry)
     return entry
 
 
-def _manifests(records, cached: dict[str, dict]) -> tuple[list[PhotoRecord], list[CropRecord]]:
-    photos, crops = [], []
+def _manifests(records, cached: dict[str, dict]) -> tuple[list[PhotoRecord], list[CropRecord], list[CropRecord]]:
+    photos, crops, others = [], [], []
     for record in records:
         entry = cached[record.path]
         detections = entry["detections"]
@@ -461,9 +484,11 @@ def _manifests(records, cached: dict[str, dict]) -> tuple[list[PhotoRecord], lis
                 detections=detections,
             )
         )
-        for index, name in zip(entry["chosen"], entry["crop_files"]):
+        pairs = [(crops, index, name) for index, name in zip(entry["chosen"], entry["crop_files"])]
+        pairs += [(others, index, name) for index, name in zip(entry["others"], entry["other_files"])]
+        for target, index, name in pairs:
             detection = Detection.from_dict(detections[index])
-            crops.append(
+            target.append(
                 CropRecord(
                     crop_path=name,
                     source_path=record.path,
@@ -479,16 +504,15 @@ def _manifests(records, cached: dict[str, dict]) -> tuple[list[PhotoRecord], lis
                     photo_status=entry["status"],
                 )
             )
-    return photos, crops
+    return photos, crops, others
 
 
 def _remove_stale_crops(out_dir: Path, keep: set[str]) -> None:
-    faces_dir = out_dir / FACES_FOLDER
-    if not faces_dir.exists():
-        return
-    for path in faces_dir.rglob("*"):
-        if path.is_file() and str(path.relative_to(out_dir)) not in keep:
-            path.unlink()
+    # Crops written by earlier settings are ours to remove; the manifests are the truth.
+    for folder in (FACES_FOLDER, OTHERS_FOLDER):
+        for path in (out_dir / folder).rglob("*"):
+            if path.is_file() and str(path.relative_to(out_dir)) not in keep:
+                path.unlink()
 
 
 def read_crops_manifest(path: Path) -> list[CropRecord]:
