@@ -1,0 +1,302 @@
+"""Reading and writing a model dir: the only code that knows the file names inside one.
+
+A model dir holds ``model.keras`` (the classifier: [0, 255] pixels in, probabilities out),
+``facecls.json`` (labels in training order, the resolved crop/detect/train settings,
+versions, metrics), ``history.json`` and report files such as plots. It is written into a
+temporary sibling folder and renamed into place, so a folder with this name is always complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import importlib.metadata
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facecls.config import CropSettings, DetectSettings, TrainSettings, settings_from_dict
+from facecls.errors import FaceclsError, ModelDirError
+from facecls.manifest import atomic_write_bytes, read_json, write_json
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+INFO_FILE = "facecls.json"
+HISTORY_FILE = "history.json"
+RESERVED_FILES = (MODEL_FILE, INFO_FILE, HISTORY_FILE)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model dir says about its model (stored as facecls.json)."""
+
+    labels: tuple[str, ...]  # class names in the order of the model's outputs
+    image_size: int  # crops are square, this many pixels a side
+    alpha: float  # MobileNetV2 width multiplier
+    crop_settings: CropSettings
+    detect_settings: DetectSettings
+    train_settings: TrainSettings
+    unknown_threshold: float | None = None  # below this score a face is "unknown"; None: not calibrated
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""  # ISO 8601, UTC
+    format_version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model dir read back: the Keras model, what it was trained with, and where it lives."""
+
+    model: Any  # keras.Model
+    info: ModelInfo
+    path: Path
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.info.labels
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a model depends on, without importing them."""
+    import facecls
+
+    versions = {"python": platform.python_version(), "facecls": facecls.__version__}
+    for name, distributions in (
+        ("tensorflow", ("tensorflow-cpu", "tensorflow")),
+        ("keras", ("keras",)),
+        ("numpy", ("numpy",)),
+        ("mtcnn", ("mtcnn",)),
+    ):
+        for distribution in distributions:
+            try:
+                versions[name] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        else:
+            versions[name] = "not installed"
+    return versions
+
+
+def new_model_info(
+    labels: list[str] | tuple[str, ...],
+    crop_settings: CropSettings,
+    detect_settings: DetectSettings,
+    train_settings: TrainSettings,
+    metrics: dict[str, Any] | None = None,
+    unknown_threshold: float | None = None,
+) -> ModelInfo:
+    """A ModelInfo stamped with the current time and library versions."""
+    return ModelInfo(
+        labels=tuple(labels),
+        image_size=crop_settings.image_size,
+        alpha=train_settings.alpha,
+        crop_settings=crop_settings,
+        detect_settings=detect_settings,
+        train_settings=train_settings,
+        unknown_threshold=unknown_threshold,
+        metrics=dict(metrics or {}),
+        versions=library_versions(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def info_to_dict(info: ModelInfo) -> dict[str, Any]:
+    return {item.name: getattr(info, item.name) for item in dataclasses.fields(info)}
+
+
+def info_from_dict(data: Any, source: str) -> ModelInfo:
+    """Check and convert a facecls.json record; ``source`` names the file in errors."""
+    if not isinstance(data, dict):
+        raise ModelDirError(f"{source}: must hold a JSON object. Received: {type(data).__name__}")
+    known = [item.name for item in dataclasses.fields(ModelInfo)]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ModelDirError(f"{source}: unknown key {key!r}.{hint} Allowed: {', '.join(known)}")
+    missing = [name for name in known if name not in data]
+    if missing:
+        raise ModelDirError(f"{source}: missing keys {', '.join(missing)}. Retrain to write a complete model dir.")
+    if data["format_version"] != FORMAT_VERSION:
+        raise ModelDirError(
+            f"{source}: format_version must be {FORMAT_VERSION}. Received: {data['format_version']!r}. "
+            "Use the facecls version that wrote it, or retrain."
+        )
+    labels = data["labels"]
+    if (
+        not isinstance(labels, list)
+        or len(labels) < 2
+        or not all(isinstance(label, str) and label for label in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise ModelDirError(f"{source}: labels must be a list of at least 2 distinct names. Received: {labels!r}")
+    threshold = data["unknown_threshold"]
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        raise ModelDirError(f"{source}: unknown_threshold must be null or between 0 and 1. Received: {threshold!r}")
+    for name in ("metrics", "versions"):
+        if not isinstance(data[name], dict):
+            raise ModelDirError(f"{source}: {name} must be a JSON object. Received: {data[name]!r}")
+    try:
+        crop_settings = settings_from_dict(CropSettings, data["crop_settings"])
+        detect_settings = settings_from_dict(DetectSettings, data["detect_settings"])
+        train_settings = settings_from_dict(TrainSettings, data["train_settings"])
+    except (FaceclsError, TypeError) as error:
+        raise ModelDirError(f"{source}: {error}") from None
+    if data["image_size"] != crop_settings.image_size or data["alpha"] != train_settings.alpha:
+        raise ModelDirError(
+            f"{source}: image_size {data['image_size']} and alpha {data['alpha']} must match crop_settings "
+            f"({crop_settings.image_size}) and train_settings ({train_settings.alpha})."
+        )
+    return ModelInfo(
+        labels=tuple(labels),
+        image_size=int(data["image_size"]),
+        alpha=float(data["alpha"]),
+        crop_settings=crop_settings,
+        detect_settings=detect_settings,
+        train_settings=train_settings,
+        unknown_threshold=None if threshold is None else float(threshold),
+        metrics=data["metrics"],
+        versions=data["versions"],
+        created=str(data["created"]),
+        format_version=FORMAT_VERSION,
+    )
+
+
+def _check_extra_name(name: str) -> None:
+    if not name or "/" in name or os.sep in name or name.startswith(".") or name in RESERVED_FILES:
+        raise FaceclsError(
+            f"Extra model-dir file names must be plain file names other than {', '.join(RESERVED_FILES)}. "
+            f"Received: {name!r}"
+        )
+
+
+def save_model_dir(
+    path: Path,
+    model,
+    info: ModelInfo,
+    history: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Write a complete model dir at ``path``, replacing an older model dir there.
+
+    Everything is written into a temporary sibling folder that is renamed into place, so an
+    interrupted save leaves either the old model dir or none, never a half-written one.
+
+    Args:
+        path: the model dir.
+        model: the Keras classifier.
+        info: what to store in facecls.json.
+        history: per-epoch training curves, stored as history.json.
+        extra_files: report files (plots) by file name.
+
+    Raises:
+        ModelDirError: ``path`` exists and is not a model dir (it is never deleted then).
+    """
+    path = Path(path)
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        _check_extra_name(name)
+    outputs = int(model.output_shape[-1])
+    if outputs != len(info.labels):
+        raise FaceclsError(f"The model has {outputs} outputs but info has {len(info.labels)} labels; they must match.")
+    check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    try:
+        model.save(str(temporary / MODEL_FILE))
+        write_json(temporary / HISTORY_FILE, history or {})
+        for name, data in extra_files.items():
+            atomic_write_bytes(temporary / name, data)
+        write_json(temporary / INFO_FILE, info_to_dict(info))
+        _replace_directory(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return path
+
+
+def check_replaceable(path: Path) -> None:
+    """Fail unless ``path`` is free, an empty folder, or a model dir (call before heavy work).
+
+    Raises:
+        ModelDirError: ``path`` holds something else, which a save would otherwise replace.
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and ((path / INFO_FILE).is_file() or not any(path.iterdir()))):
+        raise ModelDirError(
+            f"{path} exists and is not a facecls model dir; refusing to replace it. Choose another output path."
+        )
+
+
+def _replace_directory(source: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(source, target)
+        return
+    retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    os.rmdir(retired)
+    os.rename(target, retired)
+    try:
+        os.rename(source, target)
+    except BaseException:
+        os.rename(retired, target)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_model_info(path: Path) -> ModelInfo:
+    """Read and check facecls.json of a model dir without loading the model."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(
+            f"{path} is not a model dir (no such folder). Pass the folder written by facecls train."
+        )
+    info_path = path / INFO_FILE
+    if not info_path.is_file():
+        raise ModelDirError(f"{path} is not a complete model dir: {INFO_FILE} is missing. Retrain or pick another folder.")
+    try:
+        data = read_json(info_path)
+    except FaceclsError as error:
+        raise ModelDirError(str(error)) from None
+    return info_from_dict(data, str(info_path))
+
+
+def load_model_dir(path: Path) -> LoadedModel:
+    """Load a model dir written by ``save_model_dir``, checking that its parts agree.
+
+    Raises:
+        ModelDirError: the folder is missing, incomplete or tampered with (bad JSON, unknown
+            keys, a model that cannot be loaded safely, or labels that do not match its outputs).
+    """
+    path = Path(path)
+    info = read_model_info(path)
+    model_path = path / MODEL_FILE
+    if not model_path.is_file():
+        raise ModelDirError(f"{path} is not a complete model dir: {MODEL_FILE} is missing. Retrain.")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    try:
+        model = keras.saving.load_model(str(model_path), safe_mode=True, compile=False)
+    except Exception as error:
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ModelDirError(f"{model_path} cannot be loaded ({reason}). Retrain to write a new model dir.") from None
+    outputs = int(model.output_shape[-1])
+    if outputs != len(info.labels):
+        raise ModelDirError(
+            f"{path}: {INFO_FILE} lists {len(info.labels)} labels but {MODEL_FILE} has {outputs} outputs; "
+            "the folder was modified. Retrain."
+        )
+    input_shape = tuple(model.input_shape[1:])
+    if input_shape != (info.image_size, info.image_size, 3):
+        raise ModelDirError(
+            f"{path}: {INFO_FILE} says image_size {info.image_size} but {MODEL_FILE} takes {input_shape}; "
+            "the folder was modified. Retrain."
+        )
+    return LoadedModel(model=model, info=info, path=path)
+
