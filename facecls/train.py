@@ -1,0 +1,369 @@
+"""The train stage: split face crops -> a model dir.
+
+Phase 1 trains the softmax head with the base frozen; phase 2 fine-tunes the base from
+``TrainSettings.fine_tune_from`` on at a low learning rate, BatchNorm frozen. The frozen part of the network
+is deterministic (BatchNorm runs in inference mode), so its output is computed once per crop
+and per flip and both phases train on that cache: phase 1 on pooled features, phase 2 on the
+tensor entering the first fine-tuned layer. The trained layers are shared with the full
+classifier (pixels in, probabilities out), which is what the model dir stores.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from facecls import modeldir  # noqa: E402
+from facecls.config import CropSettings, DetectSettings, TrainSettings  # noqa: E402
+from facecls.errors import FaceclsError  # noqa: E402
+from facecls.images import read_rgb  # noqa: E402
+from facecls.model import (  # noqa: E402
+    build_classifier,
+    load_base,
+    predict_batched,
+    split_classifier,
+    unfreeze_top,
+)
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CURVES_FILE = "training_curves.png"
+LAST_CUT = "Conv_1"  # where pooled features are cached when phase 2 is skipped
+
+
+@dataclass(frozen=True)
+class SplitItem:
+    """One face crop assigned to a split by the curate stage."""
+
+    crop_path: str  # path of the face crop image file, relative to the crops folder
+    person: str
+    source_path: str  # the original photo
+    group: str  # duplicate-group id; never straddles splits
+    split: str  # "train" | "val" | "test"
+    flipped: bool  # use the horizontal mirror of crop_path (only ever true in train)
+    weight: float = 1.0  # training sample weight (class balancing)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced and how long each part took."""
+
+    model_dir: Path
+    labels: tuple[str, ...]
+    history: dict[str, dict[str, list[float]]]  # {"head": {"loss": [...], ...}, "fine_tune": {...}}
+    val_accuracy: float | None  # of the saved model on the val split; None without val items
+    val_loss: float | None
+    head_epochs_run: int
+    fine_tune_epochs_run: int
+    fine_tune_kept: bool  # False when fine-tuning did not beat the head alone on val loss
+    train_count: int  # training examples, flips included
+    val_count: int
+    cache_seconds: float  # reading crops and running the frozen part once
+    head_seconds: float
+    fine_tune_seconds: float
+    seconds: float  # the whole run, saving included
+
+    @property
+    def epochs_run(self) -> int:
+        return self.head_epochs_run + self.fine_tune_epochs_run
+
+
+def resolve_labels(items: list[SplitItem], labels: list[str] | None) -> tuple[str, ...]:
+    """Sorted person names, or the given labels after checking every item's person is among them."""
+    people = {item.person for item in items}
+    if labels is None:
+        return tuple(sorted(people))
+    if len(set(labels)) != len(labels):
+        raise FaceclsError(f"labels must be distinct. Received: {list(labels)}")
+    unknown = sorted(people - set(labels))
+    if unknown:
+        raise FaceclsError(
+            f"Every person must be one of the labels {list(labels)}. Received items of: {', '.join(unknown)}"
+        )
+    return tuple(labels)
+
+
+def _check_items(items: list[SplitItem], labels: tuple[str, ...]) -> None:
+    for item in items:
+        if item.split not in SPLITS:
+            raise FaceclsError(f"split must be one of {', '.join(SPLITS)}. Received: {item.split!r} for {item.crop_path}")
+        if item.flipped and item.split != "train":
+            raise FaceclsError(
+                f"Flipped crops are allowed only in the train split. Received a flipped {item.split} item: "
+                f"{item.crop_path}. Rerun curate."
+            )
+        if not item.weight > 0:
+            raise FaceclsError(f"weight must be above 0. Received: {item.weight} for {item.crop_path}")
+    train_people = {item.person for item in items if item.split == "train"}
+    if len(labels) < 2:
+        raise FaceclsError(f"Training needs at least 2 people. Received: {len(labels)} ({', '.join(labels)})")
+    missing = [label for label in labels if label not in train_people]
+    if missing:
+        raise FaceclsError(
+            f"Every person needs crops in the train split. Received none for: {', '.join(missing)}. "
+            "Add photos of them or leave them out."
+        )
+
+
+def _read_views(
+    views: list[tuple[str, bool]], crops_dir: Path, image_size: int
+) -> np.ndarray:
+    pixels = np.empty((len(views), image_size, image_size, 3), dtype=np.uint8)
+    for index, (crop_path, flipped) in enumerate(tqdm(views, desc="reading crops", unit="crop", leave=False)):
+        image = read_rgb(crops_dir / crop_path)
+        if image.shape != (image_size, image_size, 3):
+            raise FaceclsError(
+                f"{crops_dir / crop_path}: crops must be {image_size}x{image_size} (crop image_size). "
+                f"Received: {image.shape[1]}x{image.shape[0]}. Re-crop with the same image_size."
+            )
+        pixels[index] = image[:, ::-1] if flipped else image
+    return pixels
+
+
+class _EpochProgress(keras.callbacks.Callback):
+    """Log each epoch and show a tqdm bar on stderr (library code never prints)."""
+
+    def __init__(self, phase: str, epochs: int):
+        super().__init__()
+        self.phase = phase
+        self.bar = tqdm(total=epochs, desc=phase, unit="epoch", leave=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        summary = {key: round(float(value), 4) for key, value in (logs or {}).items()}
+        logger.info("%s epoch %d: %s", self.phase, epoch + 1, summary)
+        self.bar.set_postfix(summary, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+def _fit(
+    model: keras.Model,
+    phase: str,
+    learning_rate: float,
+    epochs: int,
+    train: tuple[np.ndarray, np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
+    settings: TrainSettings,
+) -> dict[str, list[float]]:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    monitor = "val_loss" if val is not None else "loss"
+    stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=settings.patience, restore_best_weights=True)
+    inputs, targets, weights = train
+    history = model.fit(
+        inputs,
+        targets,
+        sample_weight=weights,
+        validation_data=val,
+        epochs=epochs,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        callbacks=[stopping, _EpochProgress(phase, epochs)],
+        verbose=0,
+    )
+    return {key: [float(value) for value in values] for key, values in history.history.items()}
+
+
+def _loss_and_accuracy(probabilities: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    picked = np.clip(probabilities[np.arange(len(targets)), targets], 1e-7, 1.0)
+    loss = float(np.mean(-np.log(picked)))
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == targets))
+    return loss, accuracy
+
+
+def training_curves_png(history: dict[str, dict[str, list[float]]]) -> bytes:
+    """Loss and accuracy per epoch over both phases, as PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    phases = [(name, history[name]) for name in ("head", "fine_tune") if history.get(name)]
+    for position, metric in enumerate(("loss", "accuracy"), start=1):
+        axes = figure.add_subplot(1, 2, position)
+        offset = 0
+        for name, curves in phases:
+            count = len(curves.get(metric, []))
+            epochs = np.arange(offset + 1, offset + count + 1)
+            axes.plot(epochs, curves.get(metric, []), label=f"{name} train")
+            if f"val_{metric}" in curves:
+                axes.plot(epochs, curves[f"val_{metric}"], linestyle="--", label=f"{name} val")
+            if offset:
+                axes.axvline(offset + 0.5, color="gray", linewidth=0.8)
+            offset += count
+        axes.set_xlabel("epoch")
+        axes.set_title(metric)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def train_model(
+    items: Iterable[SplitItem],
+    crops_dir: Path,
+    train_settings: TrainSettings,
+    model_dir: Path,
+    crop_settings: CropSettings,
+    detect_settings: DetectSettings,
+    labels: list[str] | None = None,
+) -> TrainResult:
+    """Train a classifier on the train split (val for early stopping) and write a model dir.
+
+    Args:
+        items: split items from curate; test items are ignored here.
+        crops_dir: the folder the items' ``crop_path`` is relative to.
+        train_settings: how to train.
+        model_dir: where the model dir is written (replaced if it is one already).
+        crop_settings: how the crops were made; ``image_size`` is the model's input size.
+        detect_settings: how faces were detected; stored so classify detects the same way.
+        labels: class order; sorted person names by default.
+
+    Raises:
+        FaceclsError: bad items (fewer than 2 people, a person without train crops, unknown
+            split), unreadable crops or crops of the wrong size, unusable weights, or a
+            ``model_dir`` that holds something other than a model dir.
+    """
+    started = time.perf_counter()
+    items = list(items)
+    crops_dir = Path(crops_dir)
+    model_dir = Path(model_dir)
+    label_order = resolve_labels(items, labels)
+    _check_items(items, label_order)
+    if not crops_dir.is_dir():
+        raise FaceclsError(f"Crops folder {crops_dir} not found. Run the crop stage first or pass its output folder.")
+    modeldir.check_replaceable(model_dir)
+    train_items = [item for item in items if item.split == "train"]
+    val_items = [item for item in items if item.split == "val"]
+    if not val_items:
+        logger.warning("No val items: early stopping watches the training loss and no val accuracy is reported.")
+    fine_tune = bool(train_settings.fine_tune_from) and train_settings.fine_tune_epochs > 0
+
+    keras.utils.set_random_seed(train_settings.seed)
+    image_size = crop_settings.image_size
+    base = load_base(train_settings.alpha, image_size, train_settings.weights)
+    classifier = build_classifier(base, len(label_order), train_settings.dropout)
+    parts = split_classifier(classifier, train_settings.fine_tune_from if fine_tune else LAST_CUT)
+    base.trainable = False
+
+    # Each distinct (crop, flipped) view goes through the frozen part once.
+    views = sorted({(item.crop_path, item.flipped) for item in train_items + val_items})
+    view_index = {view: index for index, view in enumerate(views)}
+    pixels = _read_views(views, crops_dir, image_size)
+    cut = predict_batched(parts.bottom, pixels, batch_size=32)
+    pooled = predict_batched(parts.pooled, cut, batch_size=64)
+    del pixels
+    cache_seconds = time.perf_counter() - started
+    logger.info("Cached the frozen part for %d crops in %.1f s", len(views), cache_seconds)
+
+    class_of = {label: index for index, label in enumerate(label_order)}
+
+    def arrays(split_items: list[SplitItem]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = np.array([view_index[(item.crop_path, item.flipped)] for item in split_items], dtype=np.int64)
+        targets = np.array([class_of[item.person] for item in split_items], dtype=np.int64)
+        weights = np.array([item.weight for item in split_items], dtype=np.float32)
+        return rows, targets, weights
+
+    train_rows, train_targets, train_weights = arrays(train_items)
+    val_rows, val_targets, _ = arrays(val_items)
+    has_val = len(val_items) > 0
+
+    phase_started = time.perf_counter()
+    history = {
+        "head": _fit(
+            parts.head,
+            "head",
+            train_settings.head_learning_rate,
+            train_settings.head_epochs,
+            (pooled[train_rows], train_targets, train_weights),
+            (pooled[val_rows], val_targets) if has_val else None,
+            train_settings,
+        )
+    }
+    head_seconds = time.perf_counter() - phase_started
+
+    fine_tune_seconds = 0.0
+    fine_tune_kept = False
+    val_loss = val_accuracy = None
+    if has_val:
+        val_loss, val_accuracy = _loss_and_accuracy(predict_batched(parts.top, cut[val_rows], 64), val_targets)
+    if fine_tune:
+        phase_started = time.perf_counter()
+        head_weights = parts.top.get_weights()
+        trainable_layers = unfreeze_top(base, parts.top_layers)
+        logger.info("Fine-tuning %d base layers from %s", len(trainable_layers), train_settings.fine_tune_from)
+        history["fine_tune"] = _fit(
+            parts.top,
+            "fine_tune",
+            train_settings.fine_tune_learning_rate,
+            train_settings.fine_tune_epochs,
+            (cut[train_rows], train_targets, train_weights),
+            (cut[val_rows], val_targets) if has_val else None,
+            train_settings,
+        )
+        fine_tune_kept = True
+        if has_val:
+            tuned_loss, tuned_accuracy = _loss_and_accuracy(
+                predict_batched(parts.top, cut[val_rows], 64), val_targets
+            )
+            if tuned_loss < val_loss:
+                val_loss, val_accuracy = tuned_loss, tuned_accuracy
+            else:
+                logger.info("Fine-tuning did not lower the val loss (%.4f >= %.4f); keeping the head-only weights.",
+                            tuned_loss, val_loss)
+                parts.top.set_weights(head_weights)
+                fine_tune_kept = False
+        base.trainable = False
+        fine_tune_seconds = time.perf_counter() - phase_started
+
+    head_epochs_run = len(history["head"]["loss"])
+    fine_tune_epochs_run = len(history.get("fine_tune", {}).get("loss", []))
+    metrics: dict[str, Any] = {
+        "val_accuracy": val_accuracy,
+        "val_loss": val_loss,
+        "val_count": len(val_items),
+        "train_count": len(train_items),
+        "head_epochs_run": head_epochs_run,
+        "fine_tune_epochs_run": fine_tune_epochs_run,
+        "fine_tune_kept": fine_tune_kept,
+    }
+    info = modeldir.new_model_info(label_order, crop_settings, detect_settings, train_settings, metrics)
+    modeldir.save_model_dir(
+        model_dir, classifier, info, history=history, extra_files={CURVES_FILE: training_curves_png(history)}
+    )
+    seconds = time.perf_counter() - started
+    logger.info("Trained %s in %.1f s (val accuracy %s)", model_dir, seconds, val_accuracy)
+    return TrainResult(
+        model_dir=model_dir,
+        labels=label_order,
+        history=history,
+        val_accuracy=val_accuracy,
+        val_loss=val_loss,
+        head_epochs_run=head_epochs_run,
+        fine_tune_epochs_run=fine_tune_epochs_run,
+        fine_tune_kept=fine_tune_kept,
+        train_count=len(train_items),
+        val_count=len(val_items),
+        cache_seconds=cache_seconds,
+        head_seconds=head_seconds,
+        fine_tune_seconds=fine_tune_seconds,
+        seconds=seconds,
+    )
