@@ -12,11 +12,14 @@ import sys
 from pathlib import Path
 
 from facecls.config import (
+    ALPHAS,
     BALANCE_POLICIES,
     FACE_POLICIES,
     CropSettings,
+    CurateSettings,
     DetectSettings,
     IngestSettings,
+    TrainSettings,
 )
 from facecls.errors import FaceclsError
 
@@ -76,6 +79,63 @@ def _add_crop_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
 
 
+def _curate_settings(args) -> CurateSettings:
+    return CurateSettings(
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, balance=args.balance,
+        flip=not args.no_flip, seed=args.seed,
+    )
+
+
+def _train_settings(args) -> TrainSettings:
+    defaults = TrainSettings()
+    return TrainSettings(
+        alpha=args.alpha,
+        weights=args.weights,
+        head_epochs=args.head_epochs,
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_from=defaults.fine_tune_from if args.fine_tune_epochs else "",
+        seed=args.seed,
+    )
+
+
+def _add_curate_options(parser: argparse.ArgumentParser) -> None:
+    defaults = CurateSettings()
+    group = parser.add_argument_group("curate")
+    group.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of each person's photos for validation (default %(default)s)")
+    group.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="share of each person's photos for the test (default %(default)s)")
+    group.add_argument("--balance", choices=BALANCE_POLICIES, default=defaults.balance, help="how to even out people with more photos (default %(default)s)")
+    group.add_argument("--no-flip", action="store_true", help="do not add horizontal flips to the training split")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainSettings()
+    group = parser.add_argument_group("train")
+    group.add_argument(
+        "--weights",
+        default=defaults.weights,
+        help="'imagenet' (downloaded by Keras, needs internet) or the path of a MobileNetV2 no-top weights "
+        "file (.h5 or .weights.h5) for the chosen --alpha (default %(default)s)",
+    )
+    group.add_argument("--alpha", type=float, choices=ALPHAS, default=defaults.alpha, help="MobileNetV2 width (default %(default)s)")
+    group.add_argument("--head-epochs", type=int, default=defaults.head_epochs, help="max epochs of phase 1, the new head (default %(default)s)")
+    group.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs, help="max epochs of phase 2, fine-tuning the top of the base; 0 skips it (default %(default)s)")
+
+
+def _settings_from_crop_summary(crop_dir: Path) -> tuple[DetectSettings, CropSettings]:
+    from facecls.config import settings_from_dict
+    from facecls.crop import SUMMARY_NAME
+    from facecls.manifest import read_json
+
+    summary_path = crop_dir / SUMMARY_NAME
+    if not summary_path.exists():
+        raise FaceclsError(f"{summary_path} not found. Run `facecls crop` into this run folder first.")
+    summary = read_json(summary_path)
+    return (
+        settings_from_dict(DetectSettings, summary["detect_settings"]),
+        settings_from_dict(CropSettings, summary["crop_settings"]),
+    )
+
+
 def _run_folder(path: str) -> Path:
     return Path(path)
 
@@ -103,6 +163,63 @@ def command_crop(args) -> int:
     print(
         f"crop: {len(result.photos)} photos ({counts}; {result.reused} reused) -> "
         f"{len(result.crops)} face crops in {result.out_dir / 'faces'}, contact sheets in {result.out_dir / 'sheets'}"
+    )
+    return 0
+
+
+def command_curate(args) -> int:
+    from facecls.curate import curate
+
+    out = _run_folder(args.out)
+    result = curate(out / "crop" / "crops.csv", out / "curate", _curate_settings(args))
+    totals = {split: sum(counts[split] for counts in result.counts.values()) for split in ("train", "val", "test")}
+    print(
+        f"curate: {len(result.counts)} people; crops train {totals['train']}, val {totals['val']}, "
+        f"test {totals['test']}; {len(result.items)} items with flips and balancing -> {result.manifest_path}"
+    )
+    return 0
+
+
+def command_train(args) -> int:
+    from facecls.curate import read_splits
+    from facecls.train import train_model
+
+    out = _run_folder(args.out)
+    detect_settings, crop_settings = _settings_from_crop_summary(out / "crop")
+    items = read_splits(out / "curate" / "splits.csv")
+    model_dir = Path(args.model_dir) if args.model_dir else out / "model"
+    result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
+    accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.3f}"
+    print(
+        f"train: {len(result.labels)} people, {result.train_count} training items, "
+        f"{result.epochs_run} epochs in {result.seconds:.0f} s; val accuracy {accuracy} -> {result.model_dir}"
+    )
+    return 0
+
+
+def command_run(args) -> int:
+    from facecls.run import RunSettings, run
+
+    settings = RunSettings(
+        ingest=_ingest_settings(args),
+        detect=_detect_settings(args),
+        crop=_crop_settings(args),
+        curate=_curate_settings(args),
+        train=_train_settings(args),
+    )
+    result = run(Path(args.scrape), _run_folder(args.out), settings,
+                 model_dir=Path(args.model_dir) if args.model_dir else None, workers=args.workers)
+    counts = result.split_counts
+    if result.test_accuracy is None:
+        accuracy = "no test split"
+    else:
+        low, high = result.test_accuracy_interval
+        accuracy = f"{result.test_accuracy:.3f} (95% CI {low:.3f}-{high:.3f})"
+    print(
+        f"run: {result.files} files, {result.usable_photos} usable photos, {result.faces} faces kept; "
+        f"crops train {counts['train']} / val {counts['val']} / test {counts['test']}; "
+        f"test accuracy {accuracy}; {'trained' if result.trained else 'reused'} model in {result.seconds:.0f} s\n"
+        f"model: {result.model_dir}\nreport: {result.run_dir / 'evaluation'}"
     )
     return 0
 
@@ -141,6 +258,46 @@ def build_parser() -> argparse.ArgumentParser:
     crop.add_argument("--ingest-manifest", help="ingest manifest to read (default OUT/ingest.csv)")
     _add_crop_options(crop)
     crop.set_defaults(handler=command_crop)
+
+    curate = commands.add_parser(
+        "curate",
+        help="split the crops into train/val/test by photo group, balance, flip -> OUT/curate/",
+        description="Split OUT/crop/crops.csv into train, val and test, stratified by person and grouped so a "
+        "photo, its near-duplicates and its flips share one split; balance the training split and add flips. "
+        "Writes OUT/curate/splits.csv and curate.json.",
+    )
+    curate.add_argument("--out", required=True, help="run folder holding crop/")
+    curate.add_argument("--seed", type=int, default=0, help="seed of the split (default %(default)s)")
+    _add_curate_options(curate)
+    curate.set_defaults(handler=command_curate)
+
+    train = commands.add_parser(
+        "train",
+        help="train MobileNetV2 on the curated crops -> a model dir",
+        description="Train MobileNetV2 (ImageNet-pretrained, new head, then fine-tuning of its top) on "
+        "OUT/curate/splits.csv and write a self-describing model dir (default OUT/model).",
+    )
+    train.add_argument("--out", required=True, help="run folder holding crop/ and curate/")
+    train.add_argument("--model-dir", help="where to write the model dir (default OUT/model)")
+    train.add_argument("--seed", type=int, default=0, help="seed of training (default %(default)s)")
+    _add_train_options(train)
+    train.set_defaults(handler=command_train)
+
+    run = commands.add_parser(
+        "run",
+        help="the whole chain: ingest, crop, curate, train, evaluate -> OUT/",
+        description="From a scrape laid out as SCRAPE/<person>/* to a trained model and a report in OUT: "
+        "ingest, crop, curate, train and evaluate on the test split. Rerunning reuses finished work.",
+    )
+    run.add_argument("scrape", help="folder with one subfolder of photos per person")
+    run.add_argument("--out", required=True, help="run folder to write into")
+    run.add_argument("--model-dir", help="where to write the model dir (default OUT/model)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default %(default)s)")
+    _add_ingest_options(run)
+    _add_crop_options(run)
+    _add_curate_options(run)
+    _add_train_options(run)
+    run.set_defaults(handler=command_run)
     return parser
 
 

@@ -120,16 +120,24 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_held_locks: set[str] = set()
+
+
 @contextlib.contextmanager
 def output_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on an output folder for the duration of a stage.
 
     A second facecls process writing to the same folder fails at once with a clear
-    message instead of interleaving its files with ours.
+    message instead of interleaving its files with ours. Re-entrant within a process,
+    so ``run`` can hold its run folder while the stages it calls lock it again.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / ".facecls.lock"
+    key = str(lock_path.resolve())
+    if key in _held_locks:
+        yield
+        return
     with open(lock_path, "a+") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -144,7 +152,9 @@ def output_lock(folder: Path) -> Iterator[None]:
         lock_file.truncate()
         lock_file.write(str(os.getpid()))
         lock_file.flush()
+        _held_locks.add(key)
         try:
             yield
         finally:
+            _held_locks.discard(key)
             fcntl.flock(lock_file, fcntl.LOCK_UN)

@@ -1,0 +1,195 @@
+"""The whole chain in one run folder: ingest -> crop -> curate -> train -> evaluate.
+
+Run folder layout::
+
+    <run>/ingest.csv, ingest.json      every file of the scrape, with a status
+    <run>/crop/                        face crops, photos.csv, crops.csv, others.csv, sheets/
+    <run>/curate/                      splits.csv, curate.json
+    <run>/model/                       the model dir (everything classify needs)
+    <run>/evaluation/                  metrics.json and plots on the test split
+    <run>/run.json                     what each stage did, and the fingerprints used to reuse work
+
+Rerunning with the same settings reuses finished work: crops are cached per photo, and
+training is skipped when the splits and training settings are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from facecls.config import (
+    CropSettings,
+    CurateSettings,
+    DetectSettings,
+    IngestSettings,
+    TrainSettings,
+    settings_to_dict,
+)
+from facecls.errors import FaceclsError
+from facecls.manifest import output_lock, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+RUN_SUMMARY = "run.json"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    ingest: IngestSettings = IngestSettings()
+    detect: DetectSettings = DetectSettings()
+    crop: CropSettings = CropSettings()
+    curate: CurateSettings = CurateSettings()
+    train: TrainSettings = TrainSettings()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    model_dir: Path
+    files: int
+    usable_photos: int
+    faces: int
+    split_counts: dict[str, int]  # crops per split, before flips
+    test_accuracy: float | None
+    test_accuracy_interval: tuple[float, float] | None
+    trained: bool  # False when an earlier identical training was reused
+    seconds: float
+
+
+def _training_fingerprint(splits_manifest: Path, settings: RunSettings) -> str:
+    digest = hashlib.sha256(splits_manifest.read_bytes())
+    digest.update(
+        json.dumps(
+            {"train": settings_to_dict(settings.train), "crop": settings_to_dict(settings.crop),
+             "detect": settings_to_dict(settings.detect)},
+            sort_keys=True,
+        ).encode()
+    )
+    return digest.hexdigest()[:16]
+
+
+def run(scrape: Path, run_dir: Path, settings: RunSettings = RunSettings(), model_dir: Path | None = None,
+        workers: int | None = None) -> RunResult:
+    """Chain every training stage over a scrape into ``run_dir``; returns a summary record."""
+    from facecls import modeldir
+
+    started = time.perf_counter()
+    scrape, run_dir = Path(scrape), Path(run_dir)
+    model_dir = Path(model_dir) if model_dir else run_dir / "model"
+    modeldir.check_replaceable(model_dir)
+    _check_weights(settings.train.weights)
+    with output_lock(run_dir):
+        return _run_locked(scrape, run_dir, settings, model_dir, workers, started)
+
+
+def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: Path, workers: int | None,
+                started: float) -> RunResult:
+    from facecls.crop import crop
+    from facecls.curate import curate
+    from facecls.ingest import ingest
+
+    previous = _read_previous(run_dir / RUN_SUMMARY)
+    ingested = ingest(scrape, run_dir, settings.ingest)
+    cropped = crop(scrape, ingested.manifest_path, run_dir / "crop", settings.detect, settings.crop, workers=workers)
+    curated = curate(run_dir / "crop" / "crops.csv", run_dir / "curate", settings.curate)
+
+    fingerprint = _training_fingerprint(curated.manifest_path, settings)
+    trained = True
+    if previous.get("training_fingerprint") == fingerprint and _loads(model_dir):
+        logger.info("Reusing %s: same splits and settings as the last run", model_dir)
+        trained = False
+    else:
+        from facecls.train import train_model
+
+        train_model(curated.items, run_dir / "crop", settings.train, model_dir, settings.crop, settings.detect)
+        _calibrate_unknown(model_dir, run_dir / "crop", curated.items)
+    evaluation = _evaluate_test_split(model_dir, run_dir / "crop", curated.items, run_dir / "evaluation")
+
+    split_counts = {
+        split: sum(counts[split] for counts in curated.counts.values()) for split in ("train", "val", "test")
+    }
+    result = RunResult(
+        run_dir=run_dir,
+        model_dir=model_dir,
+        files=len(ingested.records),
+        usable_photos=ingested.counts.get("ok", 0),
+        faces=len(cropped.crops),
+        split_counts=split_counts,
+        test_accuracy=evaluation.get("accuracy") if evaluation else None,
+        test_accuracy_interval=tuple(evaluation["accuracy_interval"]) if evaluation else None,
+        trained=trained,
+        seconds=time.perf_counter() - started,
+    )
+    write_json(
+        run_dir / RUN_SUMMARY,
+        {
+            "scrape": str(scrape.resolve()),
+            "model_dir": str(model_dir),
+            "training_fingerprint": fingerprint,
+            "settings": {name: settings_to_dict(value) for name, value in vars(settings).items()},
+            "files": result.files,
+            "usable_photos": result.usable_photos,
+            "faces": result.faces,
+            "ingest_counts": ingested.counts,
+            "crop_counts": cropped.counts,
+            "crops_per_person_and_split": curated.counts,
+            "test_accuracy": result.test_accuracy,
+            "test_accuracy_interval": result.test_accuracy_interval,
+            "seconds": round(result.seconds, 1),
+        },
+    )
+    return result
+
+
+def _check_weights(weights: str) -> None:
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise FaceclsError(
+            f"--weights must be 'imagenet' or the path of a MobileNetV2 no-top weights file (.h5 or .weights.h5). "
+            f"Received: {weights} (no such file)."
+        )
+
+
+def _read_previous(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return read_json(path)
+    except FaceclsError:
+        return {}
+
+
+def _loads(model_dir: Path) -> bool:
+    from facecls import modeldir
+
+    try:
+        modeldir.read_model_info(model_dir)
+    except FaceclsError:
+        return False
+    return True
+
+
+def _calibrate_unknown(model_dir: Path, crops_dir: Path, items) -> None:
+    try:
+        from facecls.openset import calibrate_model_dir
+    except ImportError:
+        return
+    from facecls.crop import read_crops_manifest
+
+    strangers = [record.crop_path for record in read_crops_manifest(crops_dir / "others.csv")]
+    calibrate_model_dir(model_dir, crops_dir, items, strangers)
+
+
+def _evaluate_test_split(model_dir: Path, crops_dir: Path, items, out_dir: Path) -> dict | None:
+    test_items = [item for item in items if item.split == "test"]
+    if not test_items:
+        return None
+    from facecls.evaluate import evaluate_split_items
+    from facecls.modeldir import load_model_dir
+
+    report = evaluate_split_items(load_model_dir(model_dir), test_items, crops_dir, out_dir)
+    return {"accuracy": report.accuracy, "accuracy_interval": report.accuracy_interval}
