@@ -197,6 +197,29 @@ def command_train(args) -> int:
     return 0
 
 
+def command_evaluate(args) -> int:
+    from facecls.evaluate import crops_from_labelled_folder, evaluate_crops
+    from facecls.manifest import write_csv
+    from facecls.modeldir import load_model_dir
+
+    loaded = load_model_dir(Path(args.model_dir))
+    out = Path(args.out) if args.out else Path(args.model_dir) / "evaluation" / Path(args.folder).name
+    found = crops_from_labelled_folder(loaded, Path(args.folder), workers=args.workers)
+    write_csv(
+        out / "photos_without_face.csv",
+        [{"path": path, "status": status, "reason": reason} for path, status, reason in found.without_face],
+        ["path", "status", "reason"],
+    )
+    if found.crops is None:
+        raise FaceclsError(f"No face found in any photo of {args.folder}; see {out / 'photos_without_face.csv'}.")
+    report = evaluate_crops(loaded, found.crops, out)
+    print(
+        f"evaluate: {report.count} faces from {args.folder} ({len(found.without_face)} photos without a face): "
+        f"accuracy {report.accuracy:.3f} (95% CI {report.accuracy_low:.3f}-{report.accuracy_high:.3f}) -> {out}"
+    )
+    return 0
+
+
 def command_run(args) -> int:
     from facecls.run import RunSettings, run
 
@@ -282,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed of training (default %(default)s)")
     _add_train_options(train)
     train.set_defaults(handler=command_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure a model dir on a labelled folder of raw photos",
+        description="Detect and crop the faces of FOLDER/<person>/* with the model's own settings, classify them "
+        "and write accuracy (95%% CI), per-person precision/recall/F1, the confusion matrix and the misclassified "
+        "faces to OUT (default MODEL_DIR/evaluation/<folder name>).",
+    )
+    evaluate.add_argument("model_dir", help="a model dir written by facecls train or run")
+    evaluate.add_argument("folder", help="labelled photos laid out as FOLDER/<person>/*")
+    evaluate.add_argument("--out", help="where to write the metrics and plots")
+    evaluate.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
+    evaluate.set_defaults(handler=command_evaluate)
 
     run = commands.add_parser(
         "run",

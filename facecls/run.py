@@ -188,8 +188,8 @@ def _evaluate_test_split(model_dir: Path, crops_dir: Path, items, out_dir: Path)
     test_items = [item for item in items if item.split == "test"]
     if not test_items:
         return None
-    from facecls.evaluate import evaluate_split_items
+    from facecls.evaluate import evaluate_crops, load_split_crops
     from facecls.modeldir import load_model_dir
 
-    report = evaluate_split_items(load_model_dir(model_dir), test_items, crops_dir, out_dir)
-    return {"accuracy": report.accuracy, "accuracy_interval": report.accuracy_interval}
+    report = evaluate_crops(load_model_dir(model_dir), load_split_crops(test_items, crops_dir, "test"), out_dir)
+    return {"accuracy": report.accuracy, "accuracy_interval": (report.accuracy_low, report.accuracy_high)}
