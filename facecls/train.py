@@ -26,6 +26,7 @@ from tqdm import tqdm  # noqa: E402
 
 from facecls import modeldir  # noqa: E402
 from facecls.config import CropSettings, DetectSettings, TrainSettings  # noqa: E402
+from facecls.curate import SplitItem  # noqa: E402
 from facecls.errors import FaceclsError  # noqa: E402
 from facecls.images import read_rgb  # noqa: E402
 from facecls.model import (  # noqa: E402
@@ -41,19 +42,6 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 CURVES_FILE = "training_curves.png"
 LAST_CUT = "Conv_1"  # where pooled features are cached when phase 2 is skipped
-
-
-@dataclass(frozen=True)
-class SplitItem:
-    """One face crop assigned to a split by the curate stage."""
-
-    crop_path: str  # path of the face crop image file, relative to the crops folder
-    person: str
-    source_path: str  # the original photo
-    group: str  # duplicate-group id; never straddles splits
-    split: str  # "train" | "val" | "test"
-    flipped: bool  # use the horizontal mirror of crop_path (only ever true in train)
-    weight: float = 1.0  # training sample weight (class balancing)
 
 
 @dataclass(frozen=True)
