@@ -1,0 +1,118 @@
+"""Training on real face crops: better than chance, the saved model equals the cached path."""
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from celebrity_crops import SHARED, WEIGHTS_035_H5, WEIGHTS_100_H5, celebrity_crops
+from facecls.config import CropSettings, DetectSettings, TrainSettings
+from facecls.errors import FaceclsError, ModelDirError
+from facecls.evaluate import load_split_crops
+from facecls.model import base_of, load_base, predict_probabilities
+from facecls.modeldir import load_model_dir
+from facecls.train import CURVES_FILE, train_model
+
+SIZE = 96
+CROP = CropSettings(image_size=SIZE)
+DETECT = DetectSettings()
+
+
+@pytest.fixture(scope="module")
+def crops():
+    if not SHARED.is_dir():
+        pytest.skip(f"shared photos and weights not found at {SHARED}")
+    crops_dir, items = celebrity_crops(SIZE)
+    with_flips = list(items) + [dataclasses.replace(item, flipped=True) for item in items if item.split == "train"]
+    return crops_dir, with_flips
+
+
+def settings(**changes) -> TrainSettings:
+    defaults = dict(weights=str(WEIGHTS_035_H5), head_epochs=25, fine_tune_epochs=4, patience=4)
+    return TrainSettings(**{**defaults, **changes})
+
+
+@pytest.fixture(scope="module")
+def trained(crops, tmp_path_factory):
+    crops_dir, items = crops
+    model_dir = tmp_path_factory.mktemp("train") / "model"
+    return train_model(items, crops_dir, settings(), model_dir, CROP, DETECT)
+
+
+def test_training_beats_chance_on_real_faces(trained):
+    assert trained.labels == ("ben_afflek", "elton_john", "jerry_seinfeld", "madonna", "mindy_kaling")
+    assert trained.val_count == 25 and trained.train_count == 2 * 93
+    assert trained.val_accuracy >= 0.6  # chance is 0.2
+
+
+def test_saved_full_model_matches_the_cached_training_path(trained, crops):
+    crops_dir, items = crops
+    loaded = load_model_dir(trained.model_dir)
+    val = load_split_crops(items, crops_dir, "val")
+    probabilities = predict_probabilities(loaded.model, val.pixels)
+    targets = np.array([trained.labels.index(label) for label in val.labels])
+    loss = float(np.mean(-np.log(probabilities[np.arange(len(targets)), targets])))
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == targets))
+    assert accuracy == trained.val_accuracy
+    assert loss == pytest.approx(trained.val_loss, abs=1e-4)
+
+
+def test_model_dir_describes_the_run(trained):
+    info = json.loads((trained.model_dir / "facecls.json").read_text())
+    assert info["labels"] == list(trained.labels)
+    assert info["image_size"] == SIZE and info["alpha"] == 0.35
+    assert info["train_settings"]["fine_tune_from"] == "block_13_expand"
+    assert info["metrics"]["val_accuracy"] == trained.val_accuracy
+    history = json.loads((trained.model_dir / "history.json").read_text())
+    assert len(history["head"]["val_loss"]) == trained.head_epochs_run
+    assert len(history["fine_tune"]["loss"]) == trained.fine_tune_epochs_run
+    assert (trained.model_dir / CURVES_FILE).read_bytes().startswith(b"\x89PNG")
+
+
+def test_fine_tuning_changes_only_the_top_and_never_batchnorm_statistics(crops, tmp_path):
+    crops_dir, items = crops
+    train_only = [item for item in items if item.split == "train"]  # no val: fine-tuning is always kept
+    result = train_model(
+        train_only, crops_dir, settings(head_epochs=3, fine_tune_epochs=2),
+        tmp_path / "model", CROP, DETECT,
+    )
+    assert result.val_accuracy is None and result.fine_tune_kept and result.fine_tune_epochs_run == 2
+    trained_base = base_of(load_model_dir(tmp_path / "model").model)
+    pretrained = load_base(0.35, SIZE, str(WEIGHTS_035_H5))
+    changed = {
+        layer.name
+        for layer in pretrained.layers[1:]  # the input layer's name differs between instances
+        if any(
+            not np.array_equal(old, new)
+            for old, new in zip(layer.get_weights(), trained_base.get_layer(layer.name).get_weights())
+        )
+    }
+    assert changed and all(name.startswith(("block_13", "block_14", "block_15", "block_16", "Conv_1")) for name in changed)
+    assert not any(isinstance(pretrained.get_layer(name), keras.layers.BatchNormalization) for name in changed)
+
+
+def test_bad_inputs_fail_before_any_training(crops, tmp_path):
+    crops_dir, items = crops
+    one_person = [item for item in items if item.person == "madonna"]
+    with pytest.raises(FaceclsError, match="at least 2 people"):
+        train_model(one_person, crops_dir, settings(), tmp_path / "model", CROP, DETECT)
+    no_train = [item for item in items if not (item.person == "madonna" and item.split == "train")]
+    with pytest.raises(FaceclsError, match="Received none for: madonna"):
+        train_model(no_train, crops_dir, settings(), tmp_path / "model", CROP, DETECT)
+    flipped_val = items + [dataclasses.replace(items[-1], split="val", flipped=True)]
+    with pytest.raises(FaceclsError, match="Flipped crops are allowed only in the train split"):
+        train_model(flipped_val, crops_dir, settings(), tmp_path / "model", CROP, DETECT)
+    with pytest.raises(FaceclsError, match="Every person must be one of the labels"):
+        train_model(items, crops_dir, settings(), tmp_path / "model", CROP, DETECT, labels=["madonna", "elton_john"])
+    occupied = tmp_path / "photos"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    with pytest.raises(ModelDirError, match="refusing to replace"):
+        train_model(items, crops_dir, settings(), occupied, CROP, DETECT)
+    with pytest.raises(FaceclsError, match="alpha 0.35"):
+        train_model(items, crops_dir, settings(weights=str(WEIGHTS_100_H5)), tmp_path / "model", CROP, DETECT)
+    with pytest.raises(FaceclsError, match="crops must be 128x128.*Received: 96x96"):
+        train_model(items, crops_dir, settings(), tmp_path / "model", CropSettings(image_size=128), DETECT)
+    assert not (tmp_path / "model").exists()
