@@ -300,3 +300,53 @@ def load_model_dir(path: Path) -> LoadedModel:
         )
     return LoadedModel(model=model, info=info, path=path)
 
+
+
+# The open-set ("unknown") model: plain numpy arrays written by facecls.openset at calibration.
+OPEN_SET_FILE = "openset.npz"
+
+
+def write_open_set(path: Path, arrays: dict[str, Any], unknown_threshold: float) -> None:
+    """Store the open-set arrays in a model dir and set its ``unknown_threshold``.
+
+    ``openset.npz`` is written first and ``facecls.json`` last, each atomically, so a
+    threshold in facecls.json always has its arrays beside it.
+
+    Raises:
+        ModelDirError: ``path`` is not a complete model dir.
+        FaceclsError: the threshold is not between 0 and 1.
+    """
+    import io
+
+    import numpy as np
+
+    path = Path(path)
+    if not (0.0 <= float(unknown_threshold) <= 1.0):
+        raise FaceclsError(f"unknown_threshold must be between 0 and 1. Received: {unknown_threshold}")
+    info = read_model_info(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    atomic_write_bytes(path / OPEN_SET_FILE, buffer.getvalue())
+    updated = dataclasses.replace(info, unknown_threshold=float(unknown_threshold))
+    write_json(path / INFO_FILE, info_to_dict(updated))
+
+
+def read_open_set(path: Path) -> dict[str, Any] | None:
+    """The open-set arrays of a model dir, or None when it was never calibrated.
+
+    Raises:
+        ModelDirError: the file exists but cannot be read (it is loaded without pickle).
+    """
+    import numpy as np
+
+    file = Path(path) / OPEN_SET_FILE
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ModelDirError(
+            f"{file} cannot be read ({reason}). Recalibrate the model dir (facecls run does it after training)."
+        ) from None

@@ -1,0 +1,824 @@
+"""Stage 7, classify: photos -> one prediction per face, ``unknown`` for strangers, sorted copies.
+
+``Classifier`` loads a model dir once and classifies arrays or files: faces are found and
+cropped by the crop stage's ``FaceCropper`` with the detect/crop settings stored in the model
+dir (every face, not only the largest), in worker processes, and the crops of many photos go
+through one compiled two-output model (pooled features + probabilities) in fixed-size batches.
+
+Labels: the most probable person, or ``unknown`` when the face's score is under the
+threshold. With an open-set model in the model dir (``facecls.openset``) the score is the
+cosine similarity to that person's centroid and the threshold is the calibrated
+``unknown_threshold`` (``--unknown-threshold`` overrides it). Without one, the score is the
+softmax probability and no face is ever ``unknown`` unless a threshold is given.
+
+``classify`` is the batch stage: it writes ``predictions.csv`` and ``predictions.jsonl``
+(one row per face; one row with status ``no_face`` or ``unreadable`` for a photo without a
+face or a file that cannot be decoded), appends each photo's rows in one write so a killed
+run never leaves half a photo behind, skips photos already in the output on a rerun (keyed
+by path and content hash), and optionally sorts the photos into ``<out>/<label>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from facecls import images
+from facecls.crop import FaceCropper, PhotoFaces, default_workers
+from facecls.errors import FaceclsError
+from facecls.manifest import output_lock, read_json, sha256_file, write_json
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+NO_FACE = "no_face"
+UNREADABLE = "unreadable"
+PHOTO_STATUSES = ("ok", NO_FACE, UNREADABLE)
+SORT_MODES = ("copy", "link", "move", "none")
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_JSONL = "predictions.jsonl"
+SUMMARY_NAME = "classify.json"
+JOURNAL_NAME = ".facecls-sort-journal.jsonl"
+ANNOTATED_FOLDER = "annotated"
+PARTIAL_PREFIX = ".facecls-partial-"
+PROBABILITY_PREFIX = "p_"
+BASE_COLUMNS = (
+    "path", "face", "status", "label", "score", "x", "y", "w", "h",
+    "reason", "best_match", "probability", "confidence", "faces", "sha256",
+)  # fmt: skip
+ANNOTATED_LONGEST_SIDE = 2048
+# Photos are grouped until this many faces wait, then classified in one model call.
+DEFAULT_BATCH_SIZE = 32
+_SYNC_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class FacePrediction:
+    """One face of a photo: where it is and who it is."""
+
+    face: int  # index among the photo's classified faces, largest first
+    label: str  # a person of the model, or "unknown"
+    score: float  # compared with the threshold: open-set cosine similarity, or the probability
+    best_match: str  # the most probable person, even when label is "unknown"
+    probability: float  # softmax probability of best_match
+    x: float  # box in pixels of the EXIF-oriented photo
+    y: float
+    width: float
+    height: float
+    confidence: float  # the face detector's
+    probabilities: dict[str, float] = field(default_factory=dict)  # softmax probability of each person
+
+
+@dataclass(frozen=True)
+class PhotoPrediction:
+    """Everything classify found in one photo."""
+
+    path: str
+    status: str  # ok | no_face | unreadable
+    reason: str  # why no_face or unreadable ("" when ok)
+    width: int
+    height: int
+    faces: tuple[FacePrediction, ...] = ()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The distinct people recognised in the photo, in face order (no "unknown")."""
+        return tuple(dict.fromkeys(face.label for face in self.faces if face.label != UNKNOWN))
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """What a classify run wrote; counts cover the whole output, earlier runs included."""
+
+    out_dir: Path
+    predictions_path: Path
+    photos: int
+    faces: int
+    label_counts: dict[str, int]  # faces per label, "unknown" included
+    unknown: int  # faces
+    no_face: int  # photos
+    unreadable: int  # photos
+    skipped: int  # photos found in the output of an earlier run
+    classified: int  # photos classified by this run
+    sorted_files: int  # files placed into label folders by this run
+    seconds: float
+    photos_per_second: float  # of this run
+
+
+class Classifier:
+    """A model dir loaded once: classifies photo arrays and files, face by face.
+
+    Use as a context manager (or call ``close``) so detector worker processes stop.
+
+    Args:
+        model_dir: a model dir written by the train stage.
+        unknown_threshold: overrides the model dir's calibrated threshold; None keeps it.
+        workers: face-detection processes for ``classify_paths`` (1: in this process).
+        batch_size: faces per call of the classification model.
+
+    Raises:
+        ModelDirError: the model dir is missing, incomplete or inconsistent.
+        FaceclsError: a threshold outside [0, 1].
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        unknown_threshold: float | None = None,
+        workers: int | None = 1,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        from facecls.model import build_feature_and_probability_model
+        from facecls.modeldir import load_model_dir
+        from facecls.openset import load_open_set
+
+        if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
+            raise FaceclsError(f"unknown_threshold must be between 0 and 1. Received: {unknown_threshold}")
+        if batch_size < 1:
+            raise FaceclsError(f"batch_size must be at least 1. Received: {batch_size}")
+        loaded = load_model_dir(Path(model_dir))
+        self.model_dir = Path(model_dir)
+        self.info = loaded.info
+        self.labels: tuple[str, ...] = loaded.labels
+        clashing = [label for label in self.labels if label in (UNKNOWN, NO_FACE, UNREADABLE)]
+        if clashing:
+            raise FaceclsError(
+                f"Model labels must not be {UNKNOWN!r}, {NO_FACE!r} or {UNREADABLE!r}: classify uses them for "
+                f"faces and photos outside the model. Received: {clashing}. Rename that person's folder and retrain."
+            )
+        self.open_set = load_open_set(self.model_dir, self.labels)
+        if self.open_set is None and self.info.unknown_threshold is not None:
+            from facecls.errors import ModelDirError
+
+            raise ModelDirError(
+                f"{self.model_dir}: facecls.json has an unknown_threshold but the open-set file is missing; "
+                "the folder was modified. Recalibrate or retrain."
+            )
+        self.unknown_threshold = self.info.unknown_threshold if unknown_threshold is None else float(unknown_threshold)
+        self.score_name = "centroid_cosine" if self.open_set is not None else "probability"
+        self.batch_size = batch_size
+        self._model = build_feature_and_probability_model(loaded.model)
+        crop_settings = dataclasses.replace(self.info.crop_settings, face_policy="all")
+        self.cropper = FaceCropper(self.info.detect_settings, crop_settings, workers=workers)
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.cropper.close()
+
+    def fingerprint(self) -> str:
+        """Identifies the model and threshold, so outputs of another model are never mixed in."""
+        from facecls.modeldir import info_to_dict
+        from facecls.manifest import to_json
+
+        digest = hashlib.sha256(to_json(info_to_dict(self.info)).encode())
+        digest.update(repr(self.unknown_threshold).encode())
+        if self.open_set is not None:
+            for name, array in sorted(self.open_set.to_arrays().items()):
+                digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:16]
+
+    def predict_crops(self, crops: np.ndarray) -> list[tuple[str, float, int, np.ndarray]]:
+        """(label, score, best index, probabilities) for each RGB crop of the model's input size."""
+        from facecls.model import predict_batched
+
+        crops = np.asarray(crops)
+        if len(crops) == 0:
+            return []
+        features, probabilities = predict_batched(self._model, crops.astype(np.float32), self.batch_size)
+        probabilities = np.asarray(probabilities)
+        best = np.argmax(probabilities, axis=1)
+        if self.open_set is not None:
+            scores = self.open_set.scores(np.asarray(features), probabilities)
+        else:
+            scores = probabilities[np.arange(len(best)), best]
+        results = []
+        for index in range(len(crops)):
+            score = float(scores[index])
+            unknown = self.unknown_threshold is not None and score < self.unknown_threshold
+            label = UNKNOWN if unknown else self.labels[best[index]]
+            results.append((label, score, int(best[index]), probabilities[index]))
+        return results
+
+    def _predictions(self, photos: Sequence[PhotoFaces]) -> list[PhotoPrediction]:
+        crops = [crop for photo in photos for crop in photo.crops]
+        predicted = iter(self.predict_crops(np.stack(crops)) if crops else [])
+        results = []
+        for photo in photos:
+            faces = []
+            for number, (index, _) in enumerate(zip(photo.chosen, photo.crops)):
+                label, score, best, probabilities = next(predicted)
+                detection = photo.detections[index]
+                faces.append(
+                    FacePrediction(
+                        face=number,
+                        label=label,
+                        score=round(score, 5),
+                        best_match=self.labels[best],
+                        probability=round(float(probabilities[best]), 5),
+                        x=round(detection.x, 1),
+                        y=round(detection.y, 1),
+                        width=round(detection.width, 1),
+                        height=round(detection.height, 1),
+                        confidence=round(detection.confidence, 5),
+                        probabilities={
+                            name: round(float(value), 5) for name, value in zip(self.labels, probabilities)
+                        },
+                    )
+                )
+            if photo.status == UNREADABLE:
+                status, reason = UNREADABLE, photo.reason
+            elif faces:
+                status, reason = "ok", ""
+            else:
+                status, reason = NO_FACE, photo.reason or "no face found"
+            results.append(PhotoPrediction(photo.path, status, reason, photo.width, photo.height, tuple(faces)))
+        return results
+
+    def classify_array(self, pixels: np.ndarray, name: str = "<array>") -> list[FacePrediction]:
+        """The faces of one decoded photo (RGB uint8, H x W x 3), largest first; [] when none."""
+        pixels = np.asarray(pixels)
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise FaceclsError(
+                f"pixels must be an RGB uint8 array of shape (H, W, 3). Received: {pixels.dtype} {pixels.shape}. "
+                "Decode files with facecls.images.decode_image or use classify_path."
+            )
+        return list(self._predictions([self.cropper.faces_in_array(pixels, name)])[0].faces)
+
+    def classify_path(self, path: Path) -> PhotoPrediction:
+        """One photo file, decoded by content and EXIF-oriented, in this process.
+
+        Raises:
+            ImageDecodeError: the file cannot be decoded (not an image, corrupt, too large).
+        """
+        decoded = images.decode_image(Path(path), max_pixels=self.cropper.max_pixels)
+        faces = self.cropper.faces_in_array(decoded.pixels, str(path))
+        return self._predictions([faces])[0]
+
+    def classify_paths(self, paths: Iterable[str | Path]) -> Iterator[PhotoPrediction]:
+        """Every file in input order; unreadable files come back with status ``unreadable``.
+
+        Files are decoded and detected in the worker processes while the faces of earlier
+        photos are classified here; memory stays flat however many files there are.
+        """
+        waiting: list[PhotoFaces] = []
+        waiting_faces = 0
+        for photo in self.cropper.faces_in_files(paths):
+            waiting.append(photo)
+            waiting_faces += len(photo.crops)
+            if waiting_faces >= self.batch_size or len(waiting) >= 4 * self.batch_size:
+                yield from self._predictions(waiting)
+                waiting, waiting_faces = [], 0
+        if waiting:
+            yield from self._predictions(waiting)
+
+
+# ---------------------------------------------------------------- the batch stage
+
+
+def prediction_columns(labels: Sequence[str]) -> list[str]:
+    """Columns of predictions.csv: the fixed ones, then one probability column per person."""
+    return list(BASE_COLUMNS) + [PROBABILITY_PREFIX + label for label in labels]
+
+
+def prediction_rows(photo: PhotoPrediction, sha256: str, labels: Sequence[str]) -> list[dict]:
+    """The rows of one photo: one per face, or one row saying no_face / unreadable."""
+    empty_probabilities = {PROBABILITY_PREFIX + label: None for label in labels}
+    if not photo.faces:
+        row = dict.fromkeys(BASE_COLUMNS)
+        row.update(path=photo.path, status=photo.status, reason=photo.reason, faces=0, sha256=sha256)
+        return [{**row, **empty_probabilities}]
+    rows = []
+    for face in photo.faces:
+        row = {
+            "path": photo.path,
+            "face": face.face,
+            "status": photo.status,
+            "label": face.label,
+            "score": face.score,
+            "x": face.x,
+            "y": face.y,
+            "w": face.width,
+            "h": face.height,
+            "reason": "",
+            "best_match": face.best_match,
+            "probability": face.probability,
+            "confidence": face.confidence,
+            "faces": len(photo.faces),
+            "sha256": sha256,
+        }
+        row.update({PROBABILITY_PREFIX + label: face.probabilities.get(label) for label in labels})
+        rows.append(row)
+    return rows
+
+
+def _csv_bytes(rows: list[dict], columns: list[str], header: bool = False) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if value is None else value for key, value in row.items()})
+    return buffer.getvalue().encode("utf-8")
+
+
+def _jsonl_bytes(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _whole_lines(path: Path) -> bytes:
+    """The file's content up to its last newline (a killed run may have left half a line)."""
+    if not path.exists():
+        return b""
+    data = path.read_bytes()
+    return data[: data.rfind(b"\n") + 1]
+
+
+def _repair_outputs(out_dir: Path, columns: list[str]) -> tuple[set[tuple[str, str]], list[dict]]:
+    """Drop half-written lines and incomplete photos; returns (done keys, rows) of complete photos.
+
+    A photo counts once all its rows are in predictions.csv (the commit point);
+    predictions.jsonl is written just before it and trimmed to the same photos.
+    """
+    csv_path, jsonl_path = out_dir / PREDICTIONS_CSV, out_dir / PREDICTIONS_JSONL
+    data = _whole_lines(csv_path)
+    header = _csv_bytes([], columns, header=True)
+    if not data:
+        rows: list[dict] = []
+    else:
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
+        if reader.fieldnames != columns:
+            raise FaceclsError(
+                f"{csv_path} has the columns of another model ({', '.join(reader.fieldnames or [])}). "
+                "Choose another --out folder, or delete it to start over."
+            )
+        rows = list(reader)
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        by_key.setdefault((row["path"], row["sha256"]), []).append(row)
+    complete = {key: photo_rows for key, photo_rows in by_key.items() if len(photo_rows) == max(1, int(photo_rows[0]["faces"] or 0))}
+    kept_rows = [row for key, photo_rows in complete.items() for row in photo_rows]
+    if len(kept_rows) != len(rows) or data != (csv_path.read_bytes() if csv_path.exists() else b"") or not data:
+        _atomic_replace(csv_path, header + (_csv_bytes(kept_rows, columns) if kept_rows else b""))
+    seen: set[tuple[str, str, str]] = set()
+    lines = []
+    for line in _whole_lines(jsonl_path).splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+            key = (record["path"], record["sha256"])
+            face = str(record["face"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if key in complete and (key + (face,)) not in seen:
+            seen.add(key + (face,))
+            lines.append(line)
+    content = b"".join(lines)
+    if not jsonl_path.exists() or jsonl_path.read_bytes() != content:
+        _atomic_replace(jsonl_path, content)
+    return set(complete), kept_rows
+
+
+def _atomic_replace(path: Path, data: bytes) -> None:
+    from facecls.manifest import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+
+
+class _Outputs:
+    """Appends a photo's rows to predictions.jsonl, then predictions.csv, each in one write."""
+
+    def __init__(self, out_dir: Path, columns: list[str]):
+        self.columns = columns
+        self._jsonl = open(out_dir / PREDICTIONS_JSONL, "ab")
+        self._csv = open(out_dir / PREDICTIONS_CSV, "ab")
+        self._synced = time.monotonic()
+
+    def append(self, rows: list[dict], durable: bool) -> None:
+        for file, data in ((self._jsonl, _jsonl_bytes(rows)), (self._csv, _csv_bytes(rows, self.columns))):
+            os.write(file.fileno(), data)  # one write per photo: a kill leaves whole photos or a partial last line
+        if durable or time.monotonic() - self._synced > _SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        for file in (self._jsonl, self._csv):
+            os.fsync(file.fileno())
+        self._synced = time.monotonic()
+
+    def close(self) -> None:
+        self.sync()
+        self._jsonl.close()
+        self._csv.close()
+
+
+# ---------------------------------------------------------------- sorting
+
+
+class _Sorter:
+    """Places photos into ``<out>/<label>/`` without ever overwriting, with a journal.
+
+    For each photo: the journal records the destinations, the files are placed (copy: a temp
+    file, fsynced, linked to a free name; link: a hard link, or a symbolic link across file
+    systems), the predictions are committed, then for ``move`` the source is removed, and the
+    journal records that the photo is done. ``recover`` finishes or rolls back an interrupted photo.
+    """
+
+    def __init__(self, out_dir: Path, mode: str):
+        self.out_dir = out_dir
+        self.mode = mode
+        self.journal_path = out_dir / JOURNAL_NAME
+        self._journal = None
+        self.placed = 0
+
+    def _log(self, entry: dict, durable: bool) -> None:
+        if self._journal is None:
+            self._journal = open(self.journal_path, "ab")
+        os.write(self._journal.fileno(), (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+        if durable:
+            os.fsync(self._journal.fileno())
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    def _free_name(self, folder: Path, name: str, taken: set[Path]) -> Path:
+        stem, suffix = os.path.splitext(name)
+        if stem == "" or name.startswith("."):
+            stem, suffix = name, ""
+        candidate, number = folder / name, 0
+        while candidate.exists() or candidate.is_symlink() or candidate in taken:
+            number += 1
+            candidate = folder / f"{stem}-{number}{suffix}"
+        return candidate
+
+    def plan(self, source: str, sha256: str, folders: Sequence[str]) -> list[Path]:
+        """Free destination names, one per folder, recorded in the journal before anything is placed."""
+        taken: set[Path] = set()
+        destinations = []
+        for folder in folders:
+            destination = self._free_name(self.out_dir / folder, Path(source).name, taken)
+            taken.add(destination)
+            destinations.append(destination)
+        self._log(
+            {"op": "intent", "source": source, "sha256": sha256, "mode": self.mode,
+             "destinations": [str(path.relative_to(self.out_dir)) for path in destinations]},
+            durable=self.mode == "move",
+        )  # fmt: skip
+        return destinations
+
+    def place(self, source: str, destinations: list[Path]) -> list[Path]:
+        """Put the photo at each destination (or the next free name if one was taken meanwhile)."""
+        placed = []
+        for destination in destinations:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                try:
+                    self._place_one(Path(source), destination)
+                    break
+                except FileExistsError:
+                    destination = self._free_name(destination.parent, Path(source).name, set(placed))
+                    self._log({"op": "renamed", "source": source, "destination": str(destination.relative_to(self.out_dir))}, True)
+            placed.append(destination)
+            self.placed += 1
+        if self.mode == "move":
+            for folder in {path.parent for path in placed}:
+                _fsync_folder(folder)
+        return placed
+
+    def _place_one(self, source: Path, destination: Path) -> None:
+        if self.mode == "link":
+            try:
+                os.link(source, destination)
+            except FileExistsError:
+                raise
+            except OSError:  # another file system, or links not supported: a symbolic link
+                os.symlink(os.path.abspath(source), destination)
+            return
+        handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=PARTIAL_PREFIX)
+        try:
+            with os.fdopen(handle, "wb") as target, open(source, "rb") as origin:
+                shutil.copyfileobj(origin, target, 1 << 20)
+                if self.mode == "move":
+                    target.flush()
+                    os.fsync(target.fileno())
+            shutil.copystat(source, temporary)
+            try:
+                os.link(temporary, destination)  # fails if the name exists: never overwrites
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links on this file system
+                if destination.exists():
+                    raise FileExistsError(destination) from None
+                os.rename(temporary, destination)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+
+    def finish(self, source: str, sha256: str, placed: list[Path]) -> None:
+        """After the predictions are committed: remove a moved source, mark the photo done."""
+        if self.mode == "move":
+            if not all(path.exists() for path in placed):
+                raise FaceclsError(f"{source}: a sorted copy vanished before the move finished; the source is kept.")
+            os.unlink(source)
+            _fsync_folder(Path(source).parent)
+        self._log({"op": "done", "source": source, "sha256": sha256}, durable=False)
+
+    def recover(self, committed: set[tuple[str, str]]) -> None:
+        """Finish or roll back photos an interrupted run left half sorted; then start a new journal."""
+        for partial in self.out_dir.glob(f"*/{PARTIAL_PREFIX}*"):
+            partial.unlink()
+        pending: dict[tuple[str, str], dict] = {}
+        for line in _whole_lines(self.journal_path).splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("op") == "intent":
+                pending[(entry["source"], entry["sha256"])] = {**entry, "destinations": list(entry["destinations"])}
+            elif entry.get("op") == "renamed":
+                for key, intent in pending.items():
+                    if key[0] == entry["source"]:
+                        intent["destinations"].append(entry["destination"])
+            elif entry.get("op") == "done":
+                pending.pop((entry["source"], entry["sha256"]), None)
+        for (source, sha256), intent in pending.items():
+            destinations = [self.out_dir / name for name in intent["destinations"]]
+            ours = [path for path in destinations if _holds(path, source, sha256)]
+            if (source, sha256) in committed:
+                # Predictions are in: make sure the photo sits in every folder, then finish a move.
+                folders = {path.parent for path in ours}
+                missing = [path for path in destinations[: len(set(intent["destinations"]))] if path.parent not in folders]
+                if missing and Path(source).exists() and sha256_file(Path(source)) == sha256:
+                    saved_mode, self.mode = self.mode, intent["mode"]
+                    self.place(source, missing)
+                    self.mode = saved_mode
+                    ours += missing
+                if intent["mode"] == "move" and Path(source).exists() and ours and all(path.exists() for path in ours):
+                    logger.info("Finishing the interrupted move of %s", source)
+                    os.unlink(source)
+            else:
+                # Not committed: the photo is classified again, so remove what was placed for it.
+                for path in ours:
+                    if Path(source).exists() or intent["mode"] != "move":
+                        path.unlink()
+                    else:  # cannot happen (sources go only after the commit); keep the only copy
+                        logger.warning("Keeping %s: its source %s is gone", path, source)
+        self.close()
+        if self.journal_path.exists():
+            _atomic_replace(self.journal_path, b"")
+
+
+def _holds(path: Path, source: str, sha256: str) -> bool:
+    """Whether ``path`` is a copy or link of the photo (by content), so it is ours to remove."""
+    if path.is_symlink():
+        return os.readlink(path) == os.path.abspath(source)
+    if not path.is_file():
+        return False
+    return sha256_file(path) == sha256
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _check_inputs(inputs: Sequence[Path]) -> None:
+    if not inputs:
+        raise FaceclsError("classify needs at least one photo file or folder. Received none.")
+    missing = [str(path) for path in inputs if not os.path.lexists(path)]
+    if missing:
+        raise FaceclsError(f"Input not found: {', '.join(missing)}. Pass existing photo files or folders.")
+
+
+def iter_input_files(inputs: Sequence[Path], exclude: Path | None = None) -> Iterator[str]:
+    """Every file under the inputs (recursively, sorted, hidden files included), as absolute paths.
+
+    Symbolic links to folders are not followed (no loops); ``exclude`` (the output folder) is skipped.
+    """
+    excluded = os.path.realpath(exclude) if exclude is not None else None
+    for item in inputs:
+        item = Path(os.path.abspath(item))
+        if not item.is_dir():
+            yield str(item)
+            continue
+        for root, folders, names in os.walk(item, followlinks=False):
+            if excluded is not None:
+                folders[:] = [name for name in folders if os.path.realpath(os.path.join(root, name)) != excluded]
+            folders.sort()
+            for name in sorted(names):
+                yield os.path.join(root, name)
+
+
+def _sha256_or_empty(path: str) -> str:
+    try:
+        return sha256_file(Path(path))
+    except OSError:
+        return ""
+
+
+def _annotate(photo: PhotoPrediction, sha256: str, out_dir: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    pixels = images.decode_image(Path(photo.path)).pixels
+    scale = min(1.0, ANNOTATED_LONGEST_SIDE / max(pixels.shape[:2]))
+    image = Image.fromarray(pixels)
+    if scale < 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(image)
+    line = max(2, round(max(image.size) / 400))
+    for face in photo.faces:
+        box = [face.x * scale, face.y * scale, (face.x + face.width) * scale, (face.y + face.height) * scale]
+        color = (160, 160, 160) if face.label == UNKNOWN else (0, 200, 0)
+        draw.rectangle(box, outline=color, width=line)
+        text = f"{face.label} {face.score:.2f}"
+        top = max(0, box[1] - 14)
+        draw.rectangle([box[0], top, box[0] + 7 * len(text), top + 13], fill=color)
+        draw.text((box[0] + 2, top), text, fill=(0, 0, 0))
+    stem = "".join(character if character.isalnum() or character in "._-" else "_" for character in Path(photo.path).stem)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    _atomic_replace(out_dir / ANNOTATED_FOLDER / f"{stem[:60] or 'photo'}-{sha256[:8]}.jpg", buffer.getvalue())
+
+
+def _folders_for(photo: PhotoPrediction) -> list[str]:
+    if photo.status == UNREADABLE:
+        return []  # not a photo (or a broken one): left where it is, its row says why
+    if photo.status == NO_FACE:
+        return [NO_FACE]
+    return list(photo.labels) or [UNKNOWN]
+
+
+def classify(
+    model_dir: Path,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    sort: str = "copy",
+    annotate: bool = False,
+    unknown_threshold: float | None = None,
+    workers: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> ClassifyResult:
+    """Classify every photo under ``inputs`` into ``out_dir``; reruns resume.
+
+    Writes ``predictions.csv`` / ``predictions.jsonl`` (one row per face, or one ``no_face`` /
+    ``unreadable`` row per photo) and ``classify.json``; with ``sort`` other than ``none``
+    puts each photo into ``<out_dir>/<label>/`` (each recognised person's folder, else
+    ``unknown/``, or ``no_face/``; unreadable files are never sorted), never overwriting;
+    with ``annotate`` writes boxed copies to ``<out_dir>/annotated/``. Inputs are only read,
+    except that ``sort="move"`` removes each source once its copies and rows are safe.
+
+    Args:
+        model_dir: a model dir written by the train stage.
+        inputs: photo files and folders (searched recursively; ``out_dir`` is skipped).
+        out_dir: output folder; a rerun with the same model skips photos already in it.
+        sort: copy, link (hard link; a symbolic link across file systems), move or none.
+        annotate: also write copies with boxes and labels drawn.
+        unknown_threshold: overrides the model dir's threshold.
+        workers: face-detection processes (default: one per core for 24 photos or more).
+        batch_size: faces per call of the classification model.
+
+    Raises:
+        FaceclsError: a missing input, an unknown sort mode, a bad model dir, an output
+            folder in use or holding predictions of another model.
+    """
+    started = time.perf_counter()
+    if sort not in SORT_MODES:
+        raise FaceclsError(f"sort must be one of {', '.join(SORT_MODES)}. Received: {sort!r}")
+    inputs = [Path(path) for path in inputs]
+    _check_inputs(inputs)
+    out_dir = Path(out_dir)
+    total = sum(1 for _ in iter_input_files(inputs, exclude=out_dir))
+    if workers is None:
+        workers = 1 if total < 24 else default_workers()
+    with output_lock(out_dir), Classifier(model_dir, unknown_threshold, workers, batch_size) as classifier:
+        columns = prediction_columns(classifier.labels)
+        fingerprint = classifier.fingerprint()
+        summary_path = out_dir / SUMMARY_NAME
+        if summary_path.exists():
+            previous = read_json(summary_path)
+            if isinstance(previous, dict) and previous.get("fingerprint") not in (None, fingerprint):
+                raise FaceclsError(
+                    f"{out_dir} holds predictions of another model or threshold ({previous.get('model_dir')}). "
+                    "Choose another --out folder, or delete it to start over."
+                )
+        done, old_rows = _repair_outputs(out_dir, columns)
+        sorter = _Sorter(out_dir, sort) if sort != "none" else None
+        if sorter is not None or (out_dir / JOURNAL_NAME).exists():
+            (sorter or _Sorter(out_dir, "copy")).recover(done)
+        base_summary = {
+            "model_dir": str(Path(model_dir).resolve()),
+            "fingerprint": fingerprint,
+            "labels": list(classifier.labels),
+            "score": classifier.score_name,
+            "unknown_threshold": classifier.unknown_threshold,
+            "sort": sort,
+        }
+        write_json(summary_path, {**base_summary, "state": "running"})
+        counts = _Counts()
+        for row in old_rows:
+            counts.add_row(row)
+        skipped = 0
+        submitted: deque[tuple[str, str]] = deque()
+        seen = set(done)
+
+        def todo() -> Iterator[str]:
+            nonlocal skipped
+            for path in iter_input_files(inputs, exclude=out_dir):
+                key = (path, _sha256_or_empty(path))
+                if key in seen:
+                    skipped += 1
+                    progress.update(1)
+                    continue
+                seen.add(key)
+                submitted.append(key)
+                yield path
+
+        outputs = _Outputs(out_dir, columns)
+        classified = 0
+        run_started = time.perf_counter()
+        progress = tqdm(total=total, desc="classify", unit="photo")
+        try:
+            for photo in classifier.classify_paths(todo()):
+                path, sha256 = submitted.popleft()
+                folders = _folders_for(photo) if sorter is not None else []
+                destinations = sorter.plan(path, sha256, folders) if folders else []
+                placed = sorter.place(path, destinations) if destinations else []
+                rows = prediction_rows(photo, sha256, classifier.labels)
+                outputs.append(rows, durable=sort == "move")
+                if folders:
+                    sorter.finish(path, sha256, placed)
+                if annotate and photo.faces:
+                    _annotate(photo, sha256, out_dir)
+                for row in rows:
+                    counts.add_row(row)
+                classified += 1
+                progress.update(1)
+        finally:
+            progress.close()
+            outputs.close()
+            if sorter is not None:
+                sorter.close()
+        seconds = time.perf_counter() - started
+        rate = classified / max(time.perf_counter() - run_started, 1e-9)
+        result = ClassifyResult(
+            out_dir=out_dir,
+            predictions_path=out_dir / PREDICTIONS_CSV,
+            photos=counts.photos,
+            faces=counts.faces,
+            label_counts=dict(sorted(counts.labels.items())),
+            unknown=counts.labels.get(UNKNOWN, 0),
+            no_face=counts.statuses.get(NO_FACE, 0),
+            unreadable=counts.statuses.get(UNREADABLE, 0),
+            skipped=skipped,
+            classified=classified,
+            sorted_files=sorter.placed if sorter is not None else 0,
+            seconds=round(seconds, 2),
+            photos_per_second=round(rate, 2),
+        )
+        summary = {**base_summary, "state": "finished"}
+        summary.update({key: value for key, value in dataclasses.asdict(result).items() if key not in ("out_dir", "predictions_path")})
+        write_json(summary_path, summary)
+    return result
+
+
+class _Counts:
+    def __init__(self):
+        self.photos = 0
+        self.faces = 0
+        self.labels: Counter = Counter()
+        self.statuses: Counter = Counter()
+
+    def add_row(self, row: dict) -> None:
+        face = row.get("face")
+        if face in (None, "") or str(face) == "0":
+            self.photos += 1
+            self.statuses[row["status"]] += 1
+        if row.get("label"):
+            self.faces += 1
+            self.labels[row["label"]] += 1
