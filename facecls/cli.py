@@ -247,6 +247,27 @@ def command_run(args) -> int:
     return 0
 
 
+def command_classify(args) -> int:
+    from facecls.classify import classify
+
+    result = classify(
+        Path(args.model_dir),
+        [Path(path) for path in args.paths],
+        Path(args.out),
+        sort=args.sort,
+        annotate=args.annotate,
+        unknown_threshold=args.unknown_threshold,
+        workers=args.workers,
+    )
+    people = ", ".join(f"{label} {count}" for label, count in result.label_counts.items()) or "none"
+    print(
+        f"classify: {result.photos} photos ({result.classified} classified now, {result.skipped} already done, "
+        f"{result.photos_per_second:.1f} photos/s), {result.faces} faces: {people}; "
+        f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facecls",
@@ -334,6 +355,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curate_options(run)
     _add_train_options(run)
     run.set_defaults(handler=command_run)
+
+    classify = commands.add_parser(
+        "classify",
+        help="classify folders of photos with a model dir: one row per face, unknown for strangers",
+        description="Find every face in PATH... (files and folders, recursively, decoded by content) with the model's "
+        "own detect/crop settings and write OUT/predictions.csv and .jsonl: one row per face (label: a person of the "
+        "model or unknown), one row per photo without a face (no_face) or file that cannot be decoded (unreadable). "
+        "Photos are sorted into OUT/<label>/ (each recognised person's folder, else unknown/ or no_face/; unreadable "
+        "files stay where they are). Rerunning skips photos already in OUT.",
+    )
+    classify.add_argument("model_dir", help="a model dir written by facecls train or run")
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders")
+    classify.add_argument("--out", required=True, help="folder for predictions and sorted photos")
+    classify.add_argument(
+        "--sort",
+        choices=("copy", "link", "move", "none"),
+        default="copy",
+        help="how photos go into OUT/<label>/: copy, link (hard link; symbolic link across file systems), "
+        "move (the source is removed once its copies and rows are safe) or none (default %(default)s)",
+    )
+    classify.add_argument("--annotate", action="store_true", help="also write copies with boxes and labels to OUT/annotated/")
+    classify.add_argument(
+        "--unknown-threshold",
+        type=float,
+        default=None,
+        help="faces scoring below this are unknown (default: the model dir's calibrated threshold; "
+        "an uncalibrated model compares it with the softmax probability and never says unknown without it)",
+    )
+    classify.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
+    classify.set_defaults(handler=command_classify)
     return parser
 
 

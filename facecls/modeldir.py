@@ -301,7 +301,6 @@ def load_model_dir(path: Path) -> LoadedModel:
     return LoadedModel(model=model, info=info, path=path)
 
 
-
 # The open-set ("unknown") model: plain numpy arrays written by facecls.openset at calibration.
 OPEN_SET_FILE = "openset.npz"
 
