@@ -1,0 +1,254 @@
+"""facecls classify against a naive loop, open-set 'unknown' rates, and memory at 1,000 / 5,000 photos.
+
+One run does it all on the shared photos (../shared/data):
+
+1. Trains a model on some people of scraped-celebs-6 (ingest -> crop -> curate -> train, alpha
+   0.35 weights from ../shared/weights) and calibrates 'unknown' on the scrape's own data.
+2. Open set: classifies the held-out photos of the known people and every photo of people the
+   model never saw (the other scraped people, 5-celebrity-faces, hard cases without the known
+   people); prints the known recall (faces not called unknown) and the strangers' rejection.
+3. Speed: the same photos (scraped-celebs-6 + 5-celebrity-faces, repeated to --photos) through
+   ``facecls.classify.classify`` and through a naive loop -- per photo ``MTCNN.detect_faces``
+   on the full photo, then ``model.predict`` on each crop -- both timed end to end, model
+   loading included; prints photos/s of both and the ratio (goal >= 3x).
+4. Memory: ``classify`` on 1,000 and 5,000 photos (repeats), each in a fresh process; prints the
+   peak RSS of that process and its detector workers together (goal: flat, <= 2 GB).
+
+    .venv/bin/python benchmarks/bench_classify.py
+    .venv/bin/python benchmarks/bench_classify.py --photos 300 --memory-counts 1000 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = SHARED / "data"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.h5"
+KNOWN = ("angelina_jolie", "brad_pitt", "messi")
+# Words that name the known people in the hard-cases manifest: those files are not strangers.
+KNOWN_WORDS = {"angelina_jolie": ("jolie",), "brad_pitt": ("pitt",), "messi": ("messi",)}
+
+
+def photo_files(*folders: Path) -> list[Path]:
+    return sorted(path for folder in folders for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def train_known(work: Path, known: tuple[str, ...], image_size: int):
+    """A model dir trained on ``known`` and calibrated; returns (model dir, crop dir, calibration, held-out items)."""
+    from facecls.config import CropSettings, CurateSettings, DetectSettings, TrainSettings
+    from facecls.crop import crop, read_crops_manifest
+    from facecls.curate import curate
+    from facecls.ingest import ingest
+    from facecls.openset import calibrate_model_dir
+    from facecls.train import train_model
+
+    scrape = work / "scrape"
+    scrape.mkdir(parents=True)
+    for person in known:
+        (scrape / person).symlink_to(DATA / "scraped-celebs-6" / person)
+    crop_settings, detect_settings = CropSettings(image_size=image_size), DetectSettings()
+    ingest(scrape, work / "run")
+    crop(scrape, work / "run" / "ingest.csv", work / "run" / "crop", detect_settings, crop_settings)
+    split = curate(work / "run" / "crop" / "crops.csv", work / "run" / "curate", CurateSettings())
+    model_dir = work / "model"
+    train_model(split.items, work / "run" / "crop", TrainSettings(weights=str(WEIGHTS)), model_dir, crop_settings, detect_settings)
+    others = [record.crop_path for record in read_crops_manifest(work / "run" / "crop" / "others.csv")]
+    calibration = calibrate_model_dir(model_dir, work / "run" / "crop", split.items, others)
+    held_out = [item for item in split.items if item.split in ("val", "test") and not item.flipped]
+    return model_dir, work / "run" / "crop", calibration, held_out
+
+
+def stranger_photos(known: tuple[str, ...]) -> list[Path]:
+    photos = photo_files(*(DATA / "scraped-celebs-6" / person for person in sorted(os.listdir(DATA / "scraped-celebs-6"))
+                           if (DATA / "scraped-celebs-6" / person).is_dir() and person not in known))
+    photos += photo_files(DATA / "5-celebrity-faces")
+    words = [word for person in known for word in KNOWN_WORDS.get(person, (person,))]
+    with open(DATA / "hard-cases" / "manifest.csv", newline="") as file:
+        for row in csv.DictReader(file):
+            text = " ".join(row.values()).lower()
+            if row["pillow_decode"] == "decodes" and not any(word in text for word in words):
+                photos.append(DATA / "hard-cases" / row["category"] / row["file"])
+    return photos
+
+
+def open_set_report(model_dir: Path, crop_dir: Path, held_out, known: tuple[str, ...]) -> None:
+    import numpy as np
+
+    from facecls.classify import UNKNOWN, Classifier
+    from facecls.crop import read_crops_manifest
+
+    boxes = {record.crop_path: record for record in read_crops_manifest(crop_dir / "crops.csv")}
+    scrape = DATA / "scraped-celebs-6"
+    with Classifier(model_dir, workers=2) as classifier:
+        known_paths = [scrape / boxes[item.crop_path].source_path for item in held_out]
+        kept = correct = 0
+        for item, photo in zip(held_out, classifier.classify_paths(known_paths)):
+            record = boxes[item.crop_path]
+            if not photo.faces:
+                continue
+            # the face the crop stage chose for this person: the detection nearest its box
+            face = min(photo.faces, key=lambda face: abs(face.x - record.x) + abs(face.y - record.y))
+            kept += face.label != UNKNOWN
+            correct += face.label == item.person
+        strangers = stranger_photos(known)
+        stranger_faces = rejected = 0
+        scores = []
+        for photo in classifier.classify_paths(strangers):
+            for face in photo.faces:
+                stranger_faces += 1
+                rejected += face.label == UNKNOWN
+                scores.append(face.score)
+        threshold = classifier.unknown_threshold
+    count = len(held_out)
+    print(f"open set: model knows {', '.join(known)}; unknown_threshold {threshold:.3f} ({classifier.score_name})")
+    print(f"  known people, held-out photos: recall {kept / count:.3f} (not called unknown), "
+          f"accuracy {correct / count:.3f}  [{count} faces]")
+    print(f"  strangers ({len(strangers)} photos of other people): rejection {rejected / max(stranger_faces, 1):.3f} "
+          f"(called unknown)  [{stranger_faces} faces]")
+    if scores:
+        print(f"  stranger scores: median {np.median(scores):.3f}, 75th percentile {np.percentile(scores, 75):.3f}")
+
+
+def repeated(photos: list[Path], count: int, folder: Path) -> Path:
+    """``count`` symbolic links to ``photos`` in turn (distinct paths, so each is classified)."""
+    folder.mkdir(parents=True)
+    for index in range(count):
+        source = photos[index % len(photos)]
+        (folder / f"{index:05d}-{source.name}").symlink_to(source)
+    return folder
+
+
+def run_naive(model_dir: Path, paths: list[Path]) -> float:
+    """The naive loop; returns seconds including loading MTCNN and the model."""
+    import numpy as np
+    from mtcnn import MTCNN
+
+    from facecls.crop import crop_face
+    from facecls.detect import _from_mtcnn
+    from facecls.images import ImageDecodeError, decode_image
+    from facecls.modeldir import load_model_dir
+
+    started = time.perf_counter()
+    loaded = load_model_dir(model_dir)
+    detector = MTCNN()
+    settings = loaded.info.crop_settings
+    for path in paths:
+        try:
+            pixels = decode_image(path).pixels
+        except ImageDecodeError:
+            continue
+        for face in detector.detect_faces(pixels):
+            if face["confidence"] >= loaded.info.detect_settings.min_confidence:
+                crop = crop_face(pixels, _from_mtcnn(face, 1.0), settings)
+                loaded.model.predict(crop[None].astype(np.float32), verbose=0)
+    return time.perf_counter() - started
+
+
+def run_facecls(model_dir: Path, folder: Path, out: Path) -> float:
+    from facecls.classify import classify
+
+    started = time.perf_counter()
+    classify(model_dir, [folder], out)
+    return time.perf_counter() - started
+
+
+def _tree_rss(pid: int) -> int:
+    """RSS in bytes of ``pid`` and all its descendants."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/status") as file:
+                for line in file:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as file:
+                    stack.extend(int(child) for child in file.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def measure_memory(model_dir: Path, photos: list[Path], count: int, work: Path) -> tuple[float, int]:
+    """Peak RSS (process tree) of classify on ``count`` photos in a fresh process; (seconds, bytes)."""
+    folder = repeated(photos, count, work / f"memory-{count}")
+    command = [sys.executable, __file__, "--classify-only", str(model_dir), str(folder), str(work / f"memory-out-{count}")]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    peak = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss(process.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = process.wait()
+    stop.set()
+    sampler.join()
+    if code != 0:
+        raise SystemExit(f"classify on {count} photos failed with exit status {code}")
+    return time.perf_counter() - started, peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=int, default=300, help="photos in the speed comparison (default %(default)s)")
+    parser.add_argument("--memory-counts", type=int, nargs="*", default=[1000, 5000])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--classify-only", nargs=3, metavar=("MODEL_DIR", "FOLDER", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.classify_only:
+        run_facecls(Path(args.classify_only[0]), Path(args.classify_only[1]), Path(args.classify_only[2]))
+        return 0
+    if not DATA.is_dir() or not WEIGHTS.is_file():
+        print(f"skipped: {SHARED} with data/ and weights/ is needed")
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="facecls-bench-classify-"))
+    try:
+        started = time.perf_counter()
+        model_dir, crop_dir, calibration, held_out = train_known(work, KNOWN, args.image_size)
+        print(f"model: trained on {', '.join(KNOWN)} at {args.image_size}px in {time.perf_counter() - started:.0f} s")
+        rejection = "n/a" if calibration.stranger_rejection is None else f"{calibration.stranger_rejection:.3f}"
+        print(f"calibration (crops): threshold {calibration.threshold:.3f}, held-out known recall "
+              f"{calibration.known_recall:.3f} of {calibration.known_count}, others.csv rejection {rejection} "
+              f"of {calibration.stranger_count}")
+        open_set_report(model_dir, crop_dir, held_out, KNOWN)
+
+        photos = photo_files(DATA / "scraped-celebs-6", DATA / "5-celebrity-faces")
+        folder = repeated(photos, args.photos, work / "speed")
+        paths = sorted(folder.iterdir())
+        facecls_seconds = run_facecls(model_dir, folder, work / "speed-out")
+        print(f"speed, {len(paths)} photos: facecls classify {len(paths) / facecls_seconds:.2f} photos/s", end="", flush=True)
+        if not args.skip_naive:
+            naive_seconds = run_naive(model_dir, paths)
+            print(f", naive loop {len(paths) / naive_seconds:.2f} photos/s, ratio {naive_seconds / facecls_seconds:.2f}x")
+        else:
+            print()
+        for count in args.memory_counts:
+            seconds, peak = measure_memory(model_dir, photos, count, work)
+            print(f"memory, {count} photos: peak RSS {peak / 2**30:.2f} GB (process + workers), {count / seconds:.2f} photos/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
