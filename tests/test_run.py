@@ -1,0 +1,94 @@
+"""facecls run end to end on a real scrape: real MTCNN, real ImageNet weights, a real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from facecls.cli import main
+from facecls.crop import read_crops_manifest
+from facecls.curate import read_splits
+from facecls.evaluate import evaluate_crops, load_split_crops
+from facecls.ingest import read_ingest_manifest
+from facecls.modeldir import load_model_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir: Path, weights_dir: Path, folder_snapshot):
+    scrape = data_dir / "scraped-celebs-6"
+    before = folder_snapshot(scrape)
+    run_dir = tmp_path_factory.mktemp("run") / "celebs"
+    argv = [
+        "run", str(scrape), "--out", str(run_dir),
+        "--weights", str(weights_dir / "mobilenet_v2_0.35_224_no_top_imagenet.h5"),
+        "--image-size", "128", "--fine-tune-epochs", "4", "--seed", "1",
+    ]
+    assert main(argv) == 0
+    return scrape, run_dir, before, argv
+
+
+def test_run_folder_holds_every_stage_output(finished_run):
+    _, run_dir, _, _ = finished_run
+    for name in ("ingest.csv", "crop/photos.csv", "crop/crops.csv", "crop/others.csv", "curate/splits.csv",
+                 "evaluation/metrics.json", "evaluation/confusion_matrix.png", "run.json"):
+        assert (run_dir / name).is_file(), name
+    sheets = sorted(path.stem for path in (run_dir / "crop" / "sheets").glob("*.png"))
+    assert sheets == ["angelina_jolie", "brad_pitt", "jennifer_lawrence", "messi", "scarlett_johansson", "sydney_sweeney"]
+
+
+def test_model_dir_describes_itself(finished_run):
+    _, run_dir, _, _ = finished_run
+    loaded = load_model_dir(run_dir / "model")
+    info = loaded.info
+    assert list(info.labels) == sorted(info.labels) and len(info.labels) == 6
+    assert info.image_size == 128 and info.crop_settings.image_size == 128
+    assert info.alpha == 0.35 and info.crop_settings.face_policy == "largest"
+    assert {"tensorflow", "keras", "mtcnn", "numpy", "facecls"} <= set(info.versions)
+    assert json.loads((run_dir / "model" / "history.json").read_text())["head"]["loss"]
+    assert loaded.model.input_shape[1:] == (128, 128, 3)
+
+
+def test_test_split_shares_no_photo_crop_or_group_with_training(finished_run):
+    _, run_dir, _, _ = finished_run
+    items = read_splits(run_dir / "curate" / "splits.csv")
+    by_split = {split: [item for item in items if item.split == split] for split in ("train", "val", "test")}
+    assert all(by_split.values())
+    for other in ("train", "val"):
+        for key in ("source_path", "crop_path", "group"):
+            shared = {getattr(item, key) for item in by_split["test"]} & {getattr(item, key) for item in by_split[other]}
+            assert not shared, (other, key, shared)
+    # near-duplicate groups from ingest are what the split follows
+    records = {record.path: record for record in read_ingest_manifest(run_dir / "ingest.csv")}
+    for item in items:
+        assert records[item.source_path].group == item.group
+    assert not any(item.flipped for item in by_split["test"] + by_split["val"])
+    crops = read_crops_manifest(run_dir / "crop" / "crops.csv")
+    assert {item.crop_path for item in items} == {crop.crop_path for crop in crops}
+
+
+def test_reloaded_model_reproduces_the_reported_test_accuracy(finished_run):
+    _, run_dir, _, _ = finished_run
+    summary = json.loads((run_dir / "run.json").read_text())
+    items = read_splits(run_dir / "curate" / "splits.csv")
+    report = evaluate_crops(
+        load_model_dir(run_dir / "model"), load_split_crops(items, run_dir / "crop", "test"), run_dir / "again"
+    )
+    assert report.accuracy == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    # better than chance over six people, by a wide margin
+    assert report.accuracy > 0.4
+
+
+def test_rerun_reuses_finished_work_and_the_scrape_is_untouched(finished_run, folder_snapshot, capsys):
+    scrape, run_dir, before, argv = finished_run
+    model_mtime = (run_dir / "model" / "model.keras").stat().st_mtime_ns
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "reused model" in out
+    assert (run_dir / "model" / "model.keras").stat().st_mtime_ns == model_mtime
+    crop_summary = json.loads((run_dir / "crop" / "crop.json").read_text())
+    assert crop_summary["reused"] == crop_summary["photos"]
+    assert folder_snapshot(scrape) == before
