@@ -1,0 +1,118 @@
+"""Per-epoch training time: facecls' cached training vs a plain model.fit over images.
+
+Both train the same classifier (same weights, head then fine-tune from the same layer, same
+epochs, batch size and learning rates) on 5-celebrity train crops plus their mirrors, and
+are scored on the val crops. Early stopping is off (patience above the epoch count) so both
+run every epoch.
+
+    .venv/bin/python benchmarks/bench_train.py [--image-size 224] [--head-epochs 40] [--fine-tune-epochs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from celebrity_crops import WEIGHTS_035_H5, celebrity_crops  # noqa: E402
+
+from facecls.config import CropSettings, DetectSettings, TrainSettings  # noqa: E402
+from facecls.evaluate import load_split_crops  # noqa: E402
+from facecls.images import read_rgb  # noqa: E402
+from facecls.model import build_classifier, load_base, predict_probabilities, split_classifier, unfreeze_top  # noqa: E402
+from facecls.modeldir import load_model_dir  # noqa: E402
+from facecls.train import train_model  # noqa: E402
+
+
+def plain_fit(items, crops_dir: Path, settings: TrainSettings, image_size: int, labels, val) -> dict:
+    """The textbook recipe: model.fit over images, base frozen, then the top unfrozen."""
+    keras.utils.set_random_seed(settings.seed)
+    train_items = [item for item in items if item.split == "train"]
+    pixels = np.stack(
+        [read_rgb(crops_dir / item.crop_path)[:, ::-1] if item.flipped else read_rgb(crops_dir / item.crop_path)
+         for item in train_items]
+    ).astype(np.float32)
+    targets = np.array([labels.index(item.person) for item in train_items])
+    val_targets = np.array([labels.index(label) for label in val.labels])
+    base = load_base(settings.alpha, image_size, settings.weights)
+    classifier = build_classifier(base, len(labels), settings.dropout)
+    parts = split_classifier(classifier, settings.fine_tune_from)
+    times = {}
+    for phase, learning_rate, epochs in (
+        ("head", settings.head_learning_rate, settings.head_epochs),
+        ("fine_tune", settings.fine_tune_learning_rate, settings.fine_tune_epochs),
+    ):
+        if phase == "head":
+            base.trainable = False
+        else:
+            unfreeze_top(base, parts.top_layers)
+        classifier.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        started = time.perf_counter()
+        history = classifier.fit(
+            pixels, targets, validation_data=(val.pixels.astype(np.float32), val_targets), epochs=epochs,
+            batch_size=settings.batch_size, verbose=0,
+            callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=settings.patience, restore_best_weights=True)],
+        )
+        times[phase] = (time.perf_counter() - started, len(history.history["loss"]))
+    accuracy = float(np.mean(predict_probabilities(classifier, val.pixels).argmax(axis=1) == val_targets))
+    return {"times": times, "val_accuracy": accuracy}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--head-epochs", type=int, default=TrainSettings.head_epochs)
+    parser.add_argument("--fine-tune-epochs", type=int, default=TrainSettings.fine_tune_epochs)
+    parser.add_argument("--weights", default=str(WEIGHTS_035_H5))
+    args = parser.parse_args(argv)
+
+    epochs = max(args.head_epochs, args.fine_tune_epochs)
+    settings = TrainSettings(
+        weights=args.weights, head_epochs=args.head_epochs, fine_tune_epochs=args.fine_tune_epochs, patience=epochs + 1
+    )
+    crop_started = time.perf_counter()
+    crops_dir, crops = celebrity_crops(args.image_size)
+    items = list(crops) + [dataclasses.replace(item, flipped=True) for item in crops if item.split == "train"]
+    val = load_split_crops(items, crops_dir, "val")
+    labels = sorted({item.person for item in items})
+    print(f"crops: {len(crops)} faces at {args.image_size}px in {time.perf_counter() - crop_started:.1f} s; "
+          f"{sum(item.split == 'train' for item in items)} training items with mirrors, {len(val.labels)} val")
+
+    with tempfile.TemporaryDirectory() as folder:
+        result = train_model(items, crops_dir, settings, Path(folder) / "model",
+                             CropSettings(image_size=args.image_size), DetectSettings())
+        loaded = load_model_dir(result.model_dir)
+        val_targets = np.array([labels.index(label) for label in val.labels])
+        saved_accuracy = float(np.mean(predict_probabilities(loaded.model, val.pixels).argmax(axis=1) == val_targets))
+    plain = plain_fit(items, crops_dir, settings, args.image_size, labels, val)
+
+    cached = {"head": (result.head_seconds, result.head_epochs_run),
+              "fine_tune": (result.fine_tune_seconds, result.fine_tune_epochs_run)}
+    print(f"{'phase':<10} {'cached s/epoch':>15} {'plain s/epoch':>14} {'speed-up':>9}")
+    for phase in ("head", "fine_tune"):
+        cached_per_epoch = cached[phase][0] / cached[phase][1]
+        plain_per_epoch = plain["times"][phase][0] / plain["times"][phase][1]
+        print(f"{phase:<10} {cached_per_epoch:>15.3f} {plain_per_epoch:>14.3f} {plain_per_epoch / cached_per_epoch:>8.1f}x")
+    cached_epochs = result.epochs_run
+    cached_total = result.cache_seconds + result.head_seconds + result.fine_tune_seconds
+    plain_total = sum(seconds for seconds, _ in plain["times"].values())
+    plain_epochs = sum(count for _, count in plain["times"].values())
+    print(f"{'all, incl. caching':<18} {cached_total / cached_epochs:>7.3f} {plain_total / plain_epochs:>14.3f} "
+          f"{(plain_total / plain_epochs) / (cached_total / cached_epochs):>8.1f}x  "
+          f"({cached_epochs} vs {plain_epochs} epochs; caching {result.cache_seconds:.1f} s)")
+    print(f"val accuracy: cached {result.val_accuracy:.3f} (saved model {saved_accuracy:.3f}), "
+          f"plain {plain['val_accuracy']:.3f}; fine-tune kept: {result.fine_tune_kept}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
