@@ -804,6 +804,9 @@ def classify(
         summary = {**base_summary, "state": "finished"}
         summary.update({key: value for key, value in dataclasses.asdict(result).items() if key not in ("out_dir", "predictions_path")})
         write_json(summary_path, summary)
+        from facecls.report import write_classify_report
+
+        write_classify_report(out_dir)
     return result
 
 

@@ -8,6 +8,7 @@ Run folder layout::
     <run>/model/                       the model dir (everything classify needs)
     <run>/evaluation/                  metrics.json and plots on the test split
     <run>/run.json                     what each stage did, and the fingerprints used to reuse work
+    <run>/report.html, report_files/   the run on one page: funnel, faces, splits, curves, test results
 
 Rerunning with the same settings reuses finished work: crops are cached per photo, and
 training is skipped when the splits and training settings are unchanged.
@@ -143,6 +144,9 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
             "seconds": round(result.seconds, 1),
         },
     )
+    from facecls.report import write_run_report
+
+    write_run_report(run_dir)
     return result
 
 
