@@ -134,22 +134,35 @@ class FaceDetector:
                 for index, faces in zip(chunk, found):
                     results[index] = [_from_mtcnn(face, scaled[index][1]) for face in faces]
         for index, pixels in enumerate(photos):
-            if not self._has_confident_face(results[index]) and max(pixels.shape[:2]) * 1.5 <= self.settings.detect_side:
-                results[index] = self._detect_upscaled(pixels) or results[index]
+            if not self._has_confident_face(results[index]):
+                results[index] = self._detect_again(pixels) or results[index]
         return results
 
     def _has_confident_face(self, faces: list[Detection]) -> bool:
         return any(face.confidence >= self.settings.min_confidence for face in faces)
 
-    def _detect_upscaled(self, pixels: np.ndarray) -> list[Detection]:
-        # MTCNN's P-Net misses some clear faces in small photos (a 67-pixel face in a
-        # 220x165 thumbnail) that it finds at twice the size: retry small photos enlarged.
+    def _detect_again(self, pixels: np.ndarray) -> list[Detection]:
+        """Second look at a photo without a confident face, at another scale.
+
+        MTCNN's P-Net misses some clear faces in small photos (a 67-pixel face in a 220x165
+        thumbnail) that it finds at twice the size, and some faces in large photos (a face lying
+        sideways, one at the confidence threshold) that it finds at twice ``detect_side``. Only
+        photos without a confident face pay for the second pass.
+        """
         import cv2
 
-        scale = self.settings.detect_side / max(pixels.shape[:2])
+        longest = max(pixels.shape[:2])
+        if longest * 1.5 <= self.settings.detect_side:
+            target = self.settings.detect_side
+        elif longest > self.settings.detect_side:
+            target = min(longest, 2 * self.settings.detect_side)
+        else:
+            return []
+        scale = target / longest
         size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
-        enlarged = cv2.resize(pixels, size, interpolation=cv2.INTER_CUBIC)
-        faces = self._mtcnn.detect_faces(enlarged, min_face_size=MTCNN_MIN_FACE_SIZE)
+        interpolation = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
+        resized = cv2.resize(pixels, size, interpolation=interpolation)
+        faces = self._mtcnn.detect_faces(resized, min_face_size=MTCNN_MIN_FACE_SIZE)
         return [_from_mtcnn(face, scale) for face in faces]
 
     def _run(self, batch: list[np.ndarray]) -> list[list[dict]]:

@@ -64,6 +64,10 @@ class NotAnImageError(ImageDecodeError):
     """The file's content is not an image at all (HTML, text, an archive, ...)."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image declares more pixels than we agree to decode (a decompression-bomb guard)."""
+
+
 def sniff_content(head: bytes) -> str:
     """Name what a file holds from its first bytes, for error messages."""
     stripped = head.lstrip().lower()
@@ -112,7 +116,7 @@ def _open(path: Path) -> Image.Image:
             raise ImageDecodeError(path, "image header not understood; the file is probably truncated or corrupt") from None
         raise NotAnImageError(path, f"content is {sniff_content(head)}, not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageDecodeError(path, f"too large to decode safely ({error})") from None
+        raise ImageTooLargeError(path, f"too large to decode safely ({error})") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageDecodeError(path, str(error) or type(error).__name__) from None
 
@@ -171,7 +175,7 @@ def decode_image(path: Path, max_pixels: int | None = None) -> DecodedImage:
     path = Path(path)
     with _open(path) as image:
         if max_pixels is not None and image.size[0] * image.size[1] > max_pixels:
-            raise ImageDecodeError(
+            raise ImageTooLargeError(
                 path, f"{image.size[0]}x{image.size[1]} is over the limit of {max_pixels / 1e6:.0f} megapixels"
             )
         file_format = image.format or "unknown"

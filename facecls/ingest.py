@@ -78,7 +78,8 @@ def difference_hash(pixels: np.ndarray) -> int:
 def list_scrape(scrape: Path) -> list[tuple[Path, str]]:
     """All files under ``<scrape>/<person>/`` as (path, person), sorted.
 
-    Files directly in the scrape folder come with person "" (they get status no_person).
+    Files directly in the scrape folder or in a hidden top-level folder come with person ""
+    (they get status no_person).
     Hidden files are included (a photo named ``.jpg`` is still a photo); symlinked
     folders are not followed, so symlink loops cannot trap the walk.
     """
@@ -87,10 +88,14 @@ def list_scrape(scrape: Path) -> list[tuple[Path, str]]:
         raise FaceclsError(f"Scrape folder not found: {scrape}. Pass a folder laid out as <scrape>/<person>/<photos>.")
     if not scrape.is_dir():
         raise FaceclsError(f"{scrape} is a file; the scrape must be a folder laid out as <scrape>/<person>/<photos>.")
-    files: list[tuple[Path, str]] = [
-        (scrape / entry, "") for entry in sorted(os.listdir(scrape)) if not (scrape / entry).is_dir()
-    ]
-    people = sorted(entry for entry in os.listdir(scrape) if (scrape / entry).is_dir() and not entry.startswith("."))
+    entries = sorted(os.listdir(scrape))
+    files: list[tuple[Path, str]] = [(scrape / entry, "") for entry in entries if not (scrape / entry).is_dir()]
+    for entry in entries:  # hidden folders (.thumbnails, .git) are not people: listed, not used
+        if entry.startswith(".") and (scrape / entry).is_dir() and not (scrape / entry).is_symlink():
+            for root, directories, names in os.walk(scrape / entry, followlinks=False):
+                directories.sort()
+                files.extend((Path(root) / name, "") for name in sorted(names))
+    people = sorted(entry for entry in entries if (scrape / entry).is_dir() and not entry.startswith("."))
     for person in people:
         for root, directories, names in os.walk(scrape / person, followlinks=False):
             directories.sort()
@@ -106,7 +111,7 @@ def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) ->
         return replace(
             blank,
             status="no_person",
-            reason="lies directly in the scrape folder; move it into <scrape>/<person>/ to use it",
+            reason="is not in a person's folder; move it into <scrape>/<person>/ to use it",
         )
     try:
         if path.is_symlink() and not path.exists():
@@ -130,6 +135,8 @@ def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) ->
         decoded = images.decode_image(path, max_pixels=max_pixels)
     except images.NotAnImageError as error:
         return replace(blank, status="not_image", reason=error.reason)
+    except images.ImageTooLargeError as error:
+        return replace(blank, status="too_large", reason=error.reason)
     except images.ImageDecodeError as error:
         return replace(blank, reason=error.reason)
     record = replace(blank, width=decoded.width, height=decoded.height, status="ok")
