@@ -6,6 +6,8 @@ Exit status: 0 ok, 1 a facecls error (one line on stderr), 2 usage error, 130 in
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -140,12 +142,25 @@ def _run_folder(path: str) -> Path:
     return Path(path)
 
 
+def _summary(args, text: str, data: dict) -> None:
+    """Print a command's closing summary: prose, or with --json one JSON object on one line."""
+    if args.json:
+        print(json.dumps({"command": args.command, **data}, default=str, ensure_ascii=False))
+    else:
+        print(text)
+
+
 def command_ingest(args) -> int:
     from facecls.ingest import ingest
 
     result = ingest(Path(args.scrape), _run_folder(args.out), _ingest_settings(args))
     counts = ", ".join(f"{status} {count}" for status, count in sorted(result.counts.items()))
-    print(f"ingest: {sum(result.counts.values())} files of {len(result.people)} people: {counts} -> {result.manifest_path}")
+    _summary(
+        args,
+        f"ingest: {sum(result.counts.values())} files of {len(result.people)} people: {counts} -> {result.manifest_path}",
+        {"files": sum(result.counts.values()), "people": result.people, "counts": result.counts,
+         "manifest": result.manifest_path},
+    )
     return 0
 
 
@@ -160,9 +175,12 @@ def command_crop(args) -> int:
         Path(args.scrape), manifest, out / "crop", _detect_settings(args), _crop_settings(args), workers=args.workers
     )
     counts = ", ".join(f"{status} {count}" for status, count in sorted(result.counts.items()))
-    print(
+    _summary(
+        args,
         f"crop: {len(result.photos)} photos ({counts}; {result.reused} reused) -> "
-        f"{len(result.crops)} face crops in {result.out_dir / 'faces'}, contact sheets in {result.out_dir / 'sheets'}"
+        f"{len(result.crops)} face crops in {result.out_dir / 'faces'}, contact sheets in {result.out_dir / 'sheets'}",
+        {"photos": len(result.photos), "counts": result.counts, "reused": result.reused, "crops": len(result.crops),
+         "out_dir": result.out_dir},
     )
     return 0
 
@@ -173,9 +191,12 @@ def command_curate(args) -> int:
     out = _run_folder(args.out)
     result = curate(out / "crop" / "crops.csv", out / "curate", _curate_settings(args))
     totals = {split: sum(counts[split] for counts in result.counts.values()) for split in ("train", "val", "test")}
-    print(
+    _summary(
+        args,
         f"curate: {len(result.counts)} people; crops train {totals['train']}, val {totals['val']}, "
-        f"test {totals['test']}; {len(result.items)} items with flips and balancing -> {result.manifest_path}"
+        f"test {totals['test']}; {len(result.items)} items with flips and balancing -> {result.manifest_path}",
+        {"people": len(result.counts), "crops_per_split": totals, "items": len(result.items),
+         "manifest": result.manifest_path},
     )
     return 0
 
@@ -190,9 +211,12 @@ def command_train(args) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else out / "model"
     result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
     accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.3f}"
-    print(
+    _summary(
+        args,
         f"train: {len(result.labels)} people, {result.train_count} training items, "
-        f"{result.epochs_run} epochs in {result.seconds:.0f} s; val accuracy {accuracy} -> {result.model_dir}"
+        f"{result.epochs_run} epochs in {result.seconds:.0f} s; val accuracy {accuracy} -> {result.model_dir}",
+        {"labels": result.labels, "training_items": result.train_count, "epochs": result.epochs_run,
+         "seconds": round(result.seconds, 1), "val_accuracy": result.val_accuracy, "model_dir": result.model_dir},
     )
     return 0
 
@@ -213,9 +237,12 @@ def command_evaluate(args) -> int:
     if found.crops is None:
         raise FaceclsError(f"No face found in any photo of {args.folder}; see {out / 'photos_without_face.csv'}.")
     report = evaluate_crops(loaded, found.crops, out)
-    print(
+    _summary(
+        args,
         f"evaluate: {report.count} faces from {args.folder} ({len(found.without_face)} photos without a face): "
-        f"accuracy {report.accuracy:.3f} (95% CI {report.accuracy_low:.3f}-{report.accuracy_high:.3f}) -> {out}"
+        f"accuracy {report.accuracy:.3f} (95% CI {report.accuracy_low:.3f}-{report.accuracy_high:.3f}) -> {out}",
+        {"faces": report.count, "photos_without_face": len(found.without_face), "accuracy": report.accuracy,
+         "accuracy_95_interval": [report.accuracy_low, report.accuracy_high], "out_dir": out},
     )
     return 0
 
@@ -232,19 +259,27 @@ def command_run(args) -> int:
     )
     result = run(Path(args.scrape), _run_folder(args.out), settings,
                  model_dir=Path(args.model_dir) if args.model_dir else None, workers=args.workers)
+    _run_summary(args, result)
+    return 0
+
+
+def _run_summary(args, result, extra: dict | None = None) -> None:
+    from facecls.report import REPORT_NAME
+
     counts = result.split_counts
     if result.test_accuracy is None:
         accuracy = "no test split"
     else:
         low, high = result.test_accuracy_interval
         accuracy = f"{result.test_accuracy:.3f} (95% CI {low:.3f}-{high:.3f})"
-    print(
-        f"run: {result.files} files, {result.usable_photos} usable photos, {result.faces} faces kept; "
+    _summary(
+        args,
+        f"{args.command}: {result.files} files, {result.usable_photos} usable photos, {result.faces} faces kept; "
         f"crops train {counts['train']} / val {counts['val']} / test {counts['test']}; "
         f"test accuracy {accuracy}; {'trained' if result.trained else 'reused'} model in {result.seconds:.0f} s\n"
-        f"model: {result.model_dir}\nreport: {result.run_dir / 'evaluation'}"
+        f"model: {result.model_dir}\nreport: {result.run_dir / REPORT_NAME}",
+        {**(extra or {}), **dataclasses.asdict(result), "report": result.run_dir / REPORT_NAME},
     )
-    return 0
 
 
 def command_classify(args) -> int:
@@ -259,12 +294,64 @@ def command_classify(args) -> int:
         unknown_threshold=args.unknown_threshold,
         workers=args.workers,
     )
+    from facecls.report import REPORT_NAME
+
     people = ", ".join(f"{label} {count}" for label, count in result.label_counts.items()) or "none"
-    print(
+    _summary(
+        args,
         f"classify: {result.photos} photos ({result.classified} classified now, {result.skipped} already done, "
         f"{result.photos_per_second:.1f} photos/s), {result.faces} faces: {people}; "
-        f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}"
+        f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}\n"
+        f"report: {result.out_dir / REPORT_NAME}",
+        {**dataclasses.asdict(result), "report": result.out_dir / REPORT_NAME},
     )
+    return 0
+
+
+def command_export(args) -> int:
+    from facecls.export import export_model_dir
+
+    result = export_model_dir(
+        Path(args.model_dir),
+        Path(args.out) if args.out else None,
+        export_format=args.format,
+        quantization=args.quantize,
+        representative=Path(args.representative) if args.representative else None,
+    )
+    if result.check is None:
+        check = "not checked (pass --representative to compare it with the Keras model on real crops)"
+    else:
+        verdict = "within tolerance" if result.check.within_tolerance else "OUTSIDE the stated tolerance"
+        check = (
+            f"on {result.check.crops} crops: max probability difference {result.check.max_difference:.2g}, "
+            f"top-1 agreement {result.check.agreement:.1%} ({verdict})"
+        )
+    _summary(
+        args,
+        f"export: {result.export_format} ({result.quantization}) {result.size_bytes / 1e6:.1f} MB in "
+        f"{result.seconds:.0f} s; {check} -> {result.model_path}",
+        dataclasses.asdict(result),
+    )
+    return 0
+
+
+def command_demo(args) -> int:
+    from facecls.demo import demo
+    from facecls.run import RunSettings
+
+    settings = RunSettings(crop=CropSettings(image_size=args.image_size), train=_train_settings(args),
+                           curate=CurateSettings(seed=args.seed))
+    result = demo(Path(args.out), Path(args.lfw_home) if args.lfw_home else None, people=args.people,
+                  photos_per_person=args.photos_per_person, settings=settings, workers=args.workers)
+    _run_summary(args, result.run, {"scrape": result.scrape.scrape_dir, "people": result.scrape.people})
+    return 0
+
+
+def command_report(args) -> int:
+    from facecls.report import write_report
+
+    path = write_report(Path(args.folder))
+    _summary(args, f"report: {path}", {"report": path})
     return 0
 
 
@@ -276,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     parser.add_argument("--verbose", "-v", action="store_true", help="log what each stage does")
+    _add_output_options(parser, False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     ingest = commands.add_parser(
@@ -385,7 +473,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
     classify.set_defaults(handler=command_classify)
+
+    export = commands.add_parser(
+        "export",
+        help="export a model dir as TFLite (float32, float16, int8) or a SavedModel, for phones and servers",
+        description="Write the model of MODEL_DIR as TFLite or a TensorFlow SavedModel, with labels.txt and "
+        "preprocessing.json (input size, RGB 0-255 float input, scaling inside the model, detection and crop "
+        "settings) beside it, into OUT (default MODEL_DIR-export). With --representative, the export's outputs "
+        "are compared with the Keras model's on those face crops.",
+    )
+    export.add_argument("model_dir", help="a model dir written by facecls train or run")
+    export.add_argument("--format", choices=("tflite", "savedmodel"), default="tflite", help="(default %(default)s)")
+    export.add_argument(
+        "--quantize",
+        choices=("none", "float16", "int8"),
+        default="none",
+        help="TFLite only: float16 weights (half the size) or int8 weights and activations, calibrated on "
+        "--representative (default %(default)s)",
+    )
+    export.add_argument(
+        "--representative",
+        help="folder of face crops of the model's people, e.g. RUN/crop/faces: calibrates int8 (required for it) "
+        "and checks the export against the Keras model",
+    )
+    export.add_argument("--out", help="folder to write into (default MODEL_DIR-export)")
+    export.set_defaults(handler=command_export)
+
+    demo = commands.add_parser(
+        "demo",
+        help="try facecls without a scrape: LFW photos of two people, the whole chain and its report",
+        description="Download Labeled Faces in the Wild through scikit-learn (~200 MB, once), copy the original "
+        "photos of the people with the most photos into OUT/scrape/<person>/, and run the whole chain into OUT/run/, "
+        "ending with OUT/run/report.html.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="folder for the demo scrape and run (default %(default)s)")
+    demo.add_argument(
+        "--lfw-home",
+        help="a scikit-learn data home holding an LFW download (DIR/lfw_home/lfw/<Person_Name>/); nothing is "
+        "downloaded then (default: scikit-learn's data home, downloading LFW if it is missing)",
+    )
+    demo.add_argument("--people", type=int, default=2, help="how many people (default %(default)s)")
+    demo.add_argument(
+        "--photos-per-person", type=int, default=150,
+        help="people with at least this many photos qualify; this many of each are used (default %(default)s)",
+    )
+    demo.add_argument("--image-size", type=int, default=CropSettings().image_size,
+                      help="crop size in pixels, the model's input size (default %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default %(default)s)")
+    demo.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
+    _add_train_options(demo)
+    demo.set_defaults(handler=command_demo)
+
+    report = commands.add_parser(
+        "report",
+        help="(re)build report.html of a run folder or a classify output folder",
+        description="Write FOLDER/report.html from the manifests in FOLDER: a run folder (facecls run, or the stages "
+        "done so far) or a classify output folder. Thumbnails go to FOLDER/report_files/.",
+    )
+    report.add_argument("folder", help="a run folder or a classify output folder")
+    report.set_defaults(handler=command_report)
+
+    for subparser in commands.choices.values():
+        _add_output_options(subparser, argparse.SUPPRESS)
     return parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default) -> None:
+    # On the main parser (default False) and on each command (SUPPRESS, so it does not reset
+    # the main parser's value): `facecls --json run ...` and `facecls run ... --json` both work.
+    parser.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress bars")
+    parser.add_argument("--json", action="store_true", default=default,
+                        help="print the closing summary as one JSON object on one line")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    progress_setting = os.environ.get("TQDM_DISABLE")
+    if args.quiet:
+        # tqdm reads TQDM_* variables when it is first imported (stages import it lazily, after
+        # this), and worker processes inherit them.
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         return args.handler(args)
     except FaceclsError as error:
@@ -405,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("facecls: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    finally:
+        if args.quiet and progress_setting is None:
+            os.environ.pop("TQDM_DISABLE", None)
 
 
 if __name__ == "__main__":

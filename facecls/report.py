@@ -304,13 +304,18 @@ class _Thumbnails:
 
     def write(self) -> None:
         """Make the missing thumbnails and remove those no longer shown."""
-        from facecls.images import write_image
+        from facecls.images import encode_image
 
         def run(job) -> None:
             paths, make = job
             try:
                 for path, pixels in zip(paths, make(), strict=True):
-                    write_image(path, pixels, quality=85)
+                    # Renamed into place (never half written) but not fsynced: a lost thumbnail is
+                    # remade by the next build, and thousands of fsyncs would dominate the time.
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    temporary = path.with_name(f".{path.name}.partial")
+                    temporary.write_bytes(encode_image(pixels, "jpg", quality=85))
+                    os.replace(temporary, path)
             except Exception as error:  # an unreadable or vanished photo: its tiles say so
                 logger.info("No thumbnail for %s: %s", paths[0].name, error)
                 self.failed.update(_url(path, self.report_dir) for path in paths if not path.exists())
@@ -381,7 +386,10 @@ def write_run_report(run_dir: Path) -> Path:
     run_summary = _read_optional_json(run_dir / "run.json") or {}
     ingest_summary = _read_optional_json(run_dir / "ingest.json") or {}
     scrape = Path(run_summary.get("scrape") or ingest_summary.get("scrape") or ".")
-    model_dir = Path(run_summary.get("model_dir") or run_dir / "model")
+    # The run's own model/ first: run.json holds absolute paths, stale once a run folder is moved.
+    model_dir = run_dir / "model"
+    if not (model_dir / modeldir.INFO_FILE).is_file() and run_summary.get("model_dir"):
+        model_dir = Path(run_summary["model_dir"])
     ingest_rows = read_csv(run_dir / "ingest.csv")
     photos = _read_optional_csv(run_dir / "crop" / "photos.csv")
     crops = _read_optional_csv(run_dir / "crop" / "crops.csv")
@@ -787,7 +795,7 @@ def write_classify_report(out_dir: Path) -> Path:
                                     "photo.</p>" + "".join(galleries)),
         ("no-face", "Photos without a face", _gallery(no_face_tiles, "no_face", empty="none")),
         ("unreadable", "Unreadable files",
-         (_table(["file", "reason"], unreadable_rows, "unreadable") if unreadable_rows else '<p class="muted">none</p>')),
+         (_table(["file", "reason"], unreadable_rows, "unreadable text") if unreadable_rows else '<p class="muted">none</p>')),
     ]
     header = (
         f"<h1>facecls classify report: {_e(out_dir.name)}</h1>"

@@ -1,0 +1,329 @@
+"""report.html of a run and of a classify output, opened from disk in headless Chromium.
+
+Each page must load with no console error and no request other than file:// (or the data:
+favicon), every image must decode, a screenshot goes to tests/artifacts/, and what the page
+says is checked against the folder's own manifests.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from report_fixtures import CHROMIUM, launch_chromium, open_report, small_classify, small_run
+from facecls.cli import main
+from facecls.report import PAGE_SIZE
+
+pytestmark = pytest.mark.slow
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def browser(data_dir):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to test the reports")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) drives Chromium")
+    with sync_api.sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def run_page(browser):
+    return small_run(), open_report(browser, small_run() / "report.html", "run-report.png")
+
+
+@pytest.fixture(scope="module")
+def classify_page(browser):
+    return small_classify(), open_report(browser, small_classify() / "report.html", "classify-report.png")
+
+
+def assert_clean(loaded):
+    assert loaded.console_errors == []
+    assert loaded.failed_requests == []
+    assert loaded.requests and all(url.startswith(("file://", "data:")) for url in loaded.requests), loaded.requests
+    assert loaded.broken_images == []
+    sources = loaded.page.evaluate("Array.from(document.images).map(image => image.src)")
+    assert len(sources) > 5
+    assert set(sources) <= set(loaded.requests)  # every image came from disk, through a request seen here
+    from PIL import Image
+
+    with Image.open(loaded.screenshot) as screenshot:
+        assert screenshot.width == 1280 and screenshot.height > 900
+
+
+def texts(page, selector: str) -> list[str]:
+    return page.eval_on_selector_all(selector, "elements => elements.map(element => element.textContent)")
+
+
+def attribute_map(page, selector: str, key: str) -> dict[str, str]:
+    return page.eval_on_selector_all(
+        selector, f"elements => Object.fromEntries(elements.map(e => [e.getAttribute('{key}'), e.textContent]))"
+    )
+
+
+# ---------------------------------------------------------------- the run report
+
+
+def test_run_report_opens_from_disk_clean_and_every_image_resolves(run_page):
+    _, loaded = run_page
+    assert_clean(loaded)
+
+
+def test_run_funnel_counts_are_the_manifests_counts(run_page):
+    run_dir, loaded = run_page
+    ingest = rows(run_dir / "ingest.csv")
+    photos = rows(run_dir / "crop" / "photos.csv")
+    splits = rows(run_dir / "curate" / "splits.csv")
+    shown = loaded.page.eval_on_selector_all(
+        "[data-stage][data-person]",
+        "cells => cells.map(cell => [cell.dataset.person, cell.dataset.stage, Number(cell.textContent)])",
+    )
+    shown = {(person, stage): value for person, stage, value in shown}
+    people = sorted({row["person"] for row in ingest if row["person"]})
+    assert people == ["brad_pitt", "messi", "sydney_sweeney"]
+    for person in people:
+        mine = [row for row in ingest if row["person"] == person]
+        assert len(mine) == 11 + (person == "messi")
+        readable = [row for row in mine if row["status"] not in ("unreadable", "not_image", "too_small", "too_large")]
+        unique = [row for row in mine if row["status"] == "ok"]
+        with_face = [row for row in photos if row["person"] == person and int(row["crops"]) > 0]
+        kept = {row["crop_path"] for row in splits if row["person"] == person and row["flipped"] == "false"}
+        assert shown[(person, "files")] == len(mine)
+        assert shown[(person, "readable")] == len(readable)
+        assert shown[(person, "unique")] == len(unique)
+        assert shown[(person, "face")] == len(with_face)
+        assert shown[(person, "kept")] == len(kept)
+    # each kind of drop really happened, so the funnel narrows where it should
+    assert shown[("messi", "readable")] == 11  # the text file named .jpg
+    assert shown[("sydney_sweeney", "readable")] == 10  # the truncated JPEG
+    assert shown[("brad_pitt", "unique")] == 10  # the byte-identical copy
+    assert shown[("messi", "face")] < shown[("messi", "unique")]  # a photo without a face
+    totals = attribute_map(loaded.page, "[data-stage-total]", "data-stage-total")
+    assert int(totals["files"]) == sum(1 for row in ingest if row["person"])
+
+
+def test_every_dropped_file_is_listed_with_its_reason(run_page):
+    run_dir, loaded = run_page
+    ingest = rows(run_dir / "ingest.csv")
+    photos = rows(run_dir / "crop" / "photos.csv")
+    for person in ("brad_pitt", "messi", "sydney_sweeney"):
+        dropped = [row for row in ingest if row["person"] == person and row["status"] != "ok"]
+        dropped += [row for row in photos if row["person"] == person and int(row["crops"]) == 0]
+        block = loaded.page.locator(f'details[data-drops="{person}"]')
+        assert int(block.get_attribute("data-count")) == len(dropped)
+        captions = texts(loaded.page, f'details[data-drops="{person}"] figcaption')
+        assert sorted(captions) == sorted(f"{row['status']}: {row['reason']}" for row in dropped)
+    captions = " ".join(texts(loaded.page, "details[data-drops] figcaption"))
+    assert "duplicate: same bytes as brad_pitt/" in captions
+    assert "not_image: " in captions and "unreadable: " in captions and "no_face: " in captions
+
+
+def test_faces_gallery_shows_every_crop_and_flags_photos_with_several_or_no_faces(run_page):
+    run_dir, loaded = run_page
+    crops = rows(run_dir / "crop" / "crops.csv")
+    photos = rows(run_dir / "crop" / "photos.csv")
+    page = loaded.page
+    for person in ("brad_pitt", "messi", "sydney_sweeney"):
+        mine = [row for row in crops if row["person"] == person]
+        gallery = f'[data-gallery="faces-{person}"]'
+        assert int(page.locator(gallery).get_attribute("data-count")) == len(mine)
+        sources = page.eval_on_selector_all(f"{gallery} img", "images => images.map(image => image.getAttribute('src'))")
+        assert sorted(sources) == sorted(f"crop/{row['crop_path']}" for row in mine)
+        several = sum(1 for row in mine if row["photo_status"] == "multiple_faces")
+        assert page.locator(f"{gallery} figure.several").count() == several
+        without = [row for row in photos if row["person"] == person and int(row["crops"]) == 0]
+        assert page.locator(f'[data-gallery="noface-{person}"] figure.noface').count() == len(without)
+    assert page.locator('[data-gallery^="faces-"] figure.several').count() >= 2
+    assert page.locator('[data-gallery^="noface-"] figure').count() >= 1
+
+
+def test_splits_training_test_results_and_settings_match_the_run(run_page):
+    run_dir, loaded = run_page
+    page = loaded.page
+    curate = json.loads((run_dir / "curate" / "curate.json").read_text())
+    shown = page.eval_on_selector_all(
+        "[data-split]", "cells => cells.map(cell => [cell.dataset.person, cell.dataset.split, Number(cell.textContent)])"
+    )
+    assert {(person, split): value for person, split, value in shown} == {
+        (person, split): count for person, splits in curate["crops_per_person_and_split"].items()
+        for split, count in splits.items()
+    }
+
+    history = json.loads((run_dir / "model" / "history.json").read_text())
+    points = page.eval_on_selector_all(
+        "svg.chart polyline", "lines => lines.map(line => line.getAttribute('points').trim().split(' ').length)"
+    )
+    assert points == [len(history["head"]["loss"])] * 4  # train and val, loss and accuracy
+
+    metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    cells = page.eval_on_selector_all(
+        "[data-true]", "cells => cells.map(cell => [cell.dataset.true, cell.dataset.predicted, Number(cell.textContent)])"
+    )
+    labels = metrics["labels"]
+    assert {(true, predicted): value for true, predicted, value in cells} == {
+        (labels[row], labels[column]): metrics["confusion_matrix"][row][column]
+        for row in range(len(labels)) for column in range(len(labels))
+    }
+    assert f"{metrics['accuracy']:.3f}" in page.locator('[data-summary="accuracy"]').text_content()
+    mistakes = texts(page, '[data-gallery="mistakes"] figcaption')
+    assert len(mistakes) == len(metrics["mistakes"])
+    for caption, mistake in zip(mistakes, metrics["mistakes"]):
+        assert caption.startswith(f"true {mistake['true_label']} ") and f"→ {mistake['predicted_label']} " in caption
+
+    settings = attribute_map(page, "[data-setting]", "data-setting")
+    assert settings["crop.image_size"] == "96" and settings["train.head_epochs"] == "8"
+    assert settings["train.fine_tune_epochs"] == "0" and settings["curate.flip"] == "true"
+    info = json.loads((run_dir / "model" / "facecls.json").read_text())
+    assert attribute_map(page, "[data-version]", "data-version") == info["versions"]
+
+
+def test_facecls_report_rebuilds_the_same_page(run_page, tmp_path, capsys):
+    run_dir, _ = run_page
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    original = (copy / "report.html").read_text()
+    shutil.rmtree(copy / "report_files")
+    (copy / "report.html").unlink()
+    assert main(["report", str(copy), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"command": "report", "report": str(copy / "report.html")}
+    rebuilt = (copy / "report.html").read_text()
+    assert rebuilt.replace(str(copy.resolve()), "RUN") == original.replace(str(run_dir.resolve()), "RUN")
+    assert sorted(path.name for path in (copy / "report_files").rglob("*.jpg")) == sorted(
+        path.name for path in (run_dir / "report_files").rglob("*.jpg")
+    )
+
+
+def test_report_of_a_run_stopped_after_crop_shows_the_faces_and_says_what_is_missing(run_page, tmp_path, browser):
+    run_dir, _ = run_page
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("ingest.csv", "ingest.json"):
+        shutil.copy2(run_dir / name, partial / name)
+    shutil.copytree(run_dir / "crop", partial / "crop")
+    assert main(["report", str(partial)]) == 0
+    loaded = open_report(browser, partial / "report.html", "partial-run-report.png")
+    assert_clean(loaded)
+    page = loaded.page
+    crops = rows(partial / "crop" / "crops.csv")
+    assert page.locator('[data-gallery^="faces-"] figure').count() == len(crops)
+    assert "The curate stage has not run yet" in page.locator("#splits").text_content()
+    assert "No evaluation yet" in page.locator("#test").text_content()
+    assert page.locator('[data-stage="kept"]').count() == 0
+
+
+def test_report_of_a_folder_that_is_neither_is_exit_1_with_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "neither a run folder" in error
+
+
+# ---------------------------------------------------------------- the classify report
+
+
+def test_classify_report_opens_from_disk_clean_and_every_image_resolves(classify_page):
+    _, loaded = classify_page
+    assert_clean(loaded)
+
+
+def test_classify_galleries_hold_one_thumbnail_per_predictions_row(classify_page):
+    out, loaded = classify_page
+    predictions = rows(out / "predictions.csv")
+    summary = json.loads((out / "classify.json").read_text())
+    page = loaded.page
+    labels = Counter(row["label"] for row in predictions if row["label"])
+    assert labels["unknown"] + sum(labels[label] for label in summary["labels"]) == len(
+        [row for row in predictions if row["face"] != ""]
+    )
+    for label in summary["labels"] + ["unknown"]:
+        gallery = page.locator(f'[data-gallery="label-{label}"]')
+        assert int(gallery.get_attribute("data-count")) == labels[label], label
+        assert page.locator(f'[data-gallery="label-{label}"] figure').count() == labels[label]
+        assert int(page.locator(f'[data-label-count="{label}"]').text_content()) == summary["label_counts"].get(label, 0)
+    no_face = [row for row in predictions if row["status"] == "no_face"]
+    unreadable = [row for row in predictions if row["status"] == "unreadable"]
+    assert len(no_face) >= 1 and len(unreadable) >= 1 and sum(labels.values()) >= 6
+    assert page.locator('[data-gallery="no_face"] figure').count() == len(no_face) == summary["no_face"]
+    assert sorted(texts(page, "table.unreadable td:first-child")) == sorted(row["path"] for row in unreadable)
+    # thumbnails link to the photos they were cut from
+    links = page.eval_on_selector_all(
+        '[data-gallery^="label-"] a', "links => links.map(link => decodeURIComponent(link.href))"
+    )
+    faces = [row for row in predictions if row["face"] != ""]
+    assert sorted(links) == sorted("file://" + row["path"] for row in faces)
+    # one histogram per person a face was matched to, bars adding up to that person's faces
+    bars = page.eval_on_selector_all(
+        "svg.histogram", "charts => charts.map(chart => [chart.getAttribute('aria-label'), "
+        "Array.from(chart.querySelectorAll('rect title')).map(t => Number(t.textContent.split(': ')[1]))"
+        ".reduce((a, b) => a + b, 0)])",
+    )
+    best = Counter(row["best_match"] for row in faces)
+    assert {title.removeprefix("best match "): total for title, total in bars} == dict(best)
+
+
+def test_classify_report_pages_thousands_of_faces(browser, classify_page, tmp_path):
+    """2,500 face rows: the page shows PAGE_SIZE thumbnails at a time and the pager reaches them all."""
+    out, _ = classify_page
+    big = tmp_path / "big"
+    big.mkdir()
+    shutil.copy2(out / "classify.json", big / "classify.json")
+    predictions = rows(out / "predictions.csv")
+    face = next(row for row in predictions if row["label"] and row["label"] != "unknown")
+    label = face["label"]
+    columns = list(predictions[0])
+    with open(big / "predictions.csv", "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, columns)
+        writer.writeheader()
+        for number in range(2500):  # the same photo, many boxes: one decode, 2,500 thumbnails
+            writer.writerow({**face, "face": number, "faces": 2500, "x": float(face["x"]) + number % 7})
+    assert main(["--quiet", "report", str(big)]) == 0
+    loaded = open_report(browser, big / "report.html", "classify-report-paged.png")
+    page = loaded.page
+    gallery = f'[data-gallery="label-{label}"]'
+    assert int(page.locator(gallery).get_attribute("data-count")) == 2500
+    pages = -(-2500 // PAGE_SIZE)
+    assert page.locator(f"{gallery} .page").count() == pages
+    assert loaded.broken_images == [] and loaded.console_errors == []
+
+
+def test_classify_pager_moves_through_pages_and_shows_all_without_javascript(browser, tmp_path, classify_page):
+    out, _ = classify_page
+    big = tmp_path / "paged"
+    big.mkdir()
+    shutil.copy2(out / "classify.json", big / "classify.json")
+    predictions = rows(out / "predictions.csv")
+    face = next(row for row in predictions if row["label"] and row["label"] != "unknown")
+    count = PAGE_SIZE * 2 + 5
+    with open(big / "predictions.csv", "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, list(predictions[0]))
+        writer.writeheader()
+        for number in range(count):
+            writer.writerow({**face, "face": number, "faces": count})
+    assert main(["--quiet", "report", str(big)]) == 0
+    gallery = f'[data-gallery="label-{face["label"]}"]'
+
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto((big / "report.html").as_uri())
+    visible = f"{gallery} .page:not([hidden]) figure"
+    assert page.locator(visible).count() == PAGE_SIZE
+    assert page.locator(f"{gallery} .pager-label").text_content() == "page 1 of 3"
+    page.locator(f"{gallery} .next").click()
+    page.locator(f"{gallery} .next").click()
+    assert page.locator(visible).count() == 5
+    assert page.locator(f"{gallery} .pager-label").text_content() == "page 3 of 3"
+    context.close()
+
+    loaded = open_report(browser, big / "report.html", "classify-report-no-javascript.png", javascript=False)
+    shown = loaded.page.eval_on_selector_all(f"{gallery} figure", "figures => figures.filter(f => f.offsetParent).length")
+    assert shown == count
