@@ -12,7 +12,7 @@ One run does it all on the shared photos (../shared/data):
    on the full photo, then ``model.predict`` on each crop -- both timed end to end, model
    loading included; prints photos/s of both and the ratio (goal >= 3x).
 4. Memory: ``classify`` on 1,000 and 5,000 photos (repeats), each in a fresh process; prints the
-   peak RSS of that process and its detector workers together (goal: flat, <= 2 GB).
+   peak PSS and RSS of that process and its detector workers together (goal: flat, <= 2 GB).
 
     .venv/bin/python benchmarks/bench_classify.py
     .venv/bin/python benchmarks/bench_classify.py --photos 300 --memory-counts 1000 5000
@@ -164,38 +164,46 @@ def run_facecls(model_dir: Path, folder: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def _tree_rss(pid: int) -> int:
-    """RSS in bytes of ``pid`` and all its descendants."""
-    total, stack = 0, [pid]
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of ``pid`` and all its descendants.
+
+    RSS counts the TensorFlow libraries each process maps once per process; PSS shares
+    them out, so its sum is what the process tree really takes from the machine.
+    """
+    rss = pss = 0
+    stack = [pid]
     while stack:
         current = stack.pop()
         try:
-            with open(f"/proc/{current}/status") as file:
+            with open(f"/proc/{current}/smaps_rollup") as file:
                 for line in file:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as file:
                     stack.extend(int(child) for child in file.read().split())
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+    return rss, pss
 
 
-def measure_memory(model_dir: Path, photos: list[Path], count: int, work: Path) -> tuple[float, int]:
-    """Peak RSS (process tree) of classify on ``count`` photos in a fresh process; (seconds, bytes)."""
+def measure_memory(model_dir: Path, photos: list[Path], count: int, work: Path) -> tuple[float, int, int]:
+    """Peak RSS and PSS (process tree) of classify on ``count`` photos in a fresh process; (seconds, bytes, bytes)."""
     folder = repeated(photos, count, work / f"memory-{count}")
     command = [sys.executable, __file__, "--classify-only", str(model_dir), str(folder), str(work / f"memory-out-{count}")]
     started = time.perf_counter()
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-    peak = 0
+    peak_rss = peak_pss = 0
     stop = threading.Event()
 
     def sample():
-        nonlocal peak
+        nonlocal peak_rss, peak_pss
         while not stop.is_set():
-            peak = max(peak, _tree_rss(process.pid))
-            time.sleep(0.2)
+            rss, pss = _tree_memory(process.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -204,7 +212,7 @@ def measure_memory(model_dir: Path, photos: list[Path], count: int, work: Path) 
     sampler.join()
     if code != 0:
         raise SystemExit(f"classify on {count} photos failed with exit status {code}")
-    return time.perf_counter() - started, peak
+    return time.perf_counter() - started, peak_rss, peak_pss
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-counts", type=int, nargs="*", default=[1000, 5000])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--model-dir", help="use this model dir (trained on --known people); skips training and the open-set report")
     parser.add_argument("--classify-only", nargs=3, metavar=("MODEL_DIR", "FOLDER", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.classify_only:
@@ -223,14 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = Path(tempfile.mkdtemp(prefix="facecls-bench-classify-"))
     try:
-        started = time.perf_counter()
-        model_dir, crop_dir, calibration, held_out = train_known(work, KNOWN, args.image_size)
-        print(f"model: trained on {', '.join(KNOWN)} at {args.image_size}px in {time.perf_counter() - started:.0f} s")
-        rejection = "n/a" if calibration.stranger_rejection is None else f"{calibration.stranger_rejection:.3f}"
-        print(f"calibration (crops): threshold {calibration.threshold:.3f}, held-out known recall "
-              f"{calibration.known_recall:.3f} of {calibration.known_count}, others.csv rejection {rejection} "
-              f"of {calibration.stranger_count}")
-        open_set_report(model_dir, crop_dir, held_out, KNOWN)
+        if args.model_dir:
+            model_dir = Path(args.model_dir)
+        else:
+            started = time.perf_counter()
+            model_dir, crop_dir, calibration, held_out = train_known(work, KNOWN, args.image_size)
+            print(f"model: trained on {', '.join(KNOWN)} at {args.image_size}px in {time.perf_counter() - started:.0f} s")
+            rejection = "n/a" if calibration.stranger_rejection is None else f"{calibration.stranger_rejection:.3f}"
+            print(f"calibration (crops): threshold {calibration.threshold:.3f}, held-out known recall "
+                  f"{calibration.known_recall:.3f} of {calibration.known_count}, others.csv rejection {rejection} "
+                  f"of {calibration.stranger_count}")
+            open_set_report(model_dir, crop_dir, held_out, KNOWN)
 
         photos = photo_files(DATA / "scraped-celebs-6", DATA / "5-celebrity-faces")
         folder = repeated(photos, args.photos, work / "speed")
@@ -243,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print()
         for count in args.memory_counts:
-            seconds, peak = measure_memory(model_dir, photos, count, work)
-            print(f"memory, {count} photos: peak RSS {peak / 2**30:.2f} GB (process + workers), {count / seconds:.2f} photos/s")
+            seconds, rss, pss = measure_memory(model_dir, photos, count, work)
+            print(f"memory, {count} photos: peak PSS {pss / 2**30:.2f} GB, peak RSS {rss / 2**30:.2f} GB "
+                  f"(process + detector workers), {count / seconds:.2f} photos/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
