@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,10 @@ class DemoResult:
     report_path: Path
 
 
-def _offline_message(data_home: Path | None, download: bool, reason: str) -> str:
-    where = f"into {data_home}" if data_home else "into scikit-learn's data home (~/scikit_learn_data)"
+def _offline_message(data_home: Path, download: bool, reason: str) -> str:
     if download:
         return (
-            f"facecls demo needs internet to download LFW (~200 MB) through scikit-learn {where} ({reason}). "
+            f"facecls demo needs internet to download LFW (~200 MB) through scikit-learn into {data_home} ({reason}). "
             "Connect and rerun, or pass --lfw-home DIR holding an LFW download (DIR/lfw_home/lfw/<Person_Name>/)."
         )
     return (
@@ -71,23 +71,22 @@ def prepare_scrape(
     Raises:
         FaceclsError: LFW is missing and cannot be downloaded, or too few people have enough photos.
     """
-    from sklearn.datasets import fetch_lfw_people, get_data_home
+    from sklearn.datasets import get_data_home
 
     if people < 2:
         raise FaceclsError(f"--people must be at least 2 (a classifier needs two people). Received: {people}")
     if photos_per_person < 4:
         raise FaceclsError(f"--photos-per-person must be at least 4 (train, val and test). Received: {photos_per_person}")
+    if lfw_home is not None and not Path(lfw_home).is_dir():
+        raise FaceclsError(f"--lfw-home must be a folder holding an LFW download. Received: {lfw_home} (no such folder)")
     download = lfw_home is None
     data_home = Path(get_data_home(None if lfw_home is None else str(lfw_home)))
     try:
-        # The arrays it returns are 62x47 face cut-outs; what the demo needs is that the original
-        # photos are on disk, and the names of the people with at least photos_per_person of them.
-        dataset = fetch_lfw_people(
-            data_home=str(data_home), funneled=False, min_faces_per_person=photos_per_person, resize=0.1,
-            download_if_missing=download,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one "Retry downloading" warning per attempt; the error says it all
+            dataset = _fetch(data_home, photos_per_person, download)
     except OSError as error:  # no network (URLError), a failed download, or a missing file with download off
-        raise FaceclsError(_offline_message(data_home if lfw_home else None, download, _one_line(error))) from None
+        raise FaceclsError(_offline_message(data_home, download, _one_line(error))) from None
     except ValueError as error:  # min_faces_per_person too restrictive: nobody has that many photos
         raise FaceclsError(
             f"No person in LFW has {photos_per_person} photos ({_one_line(error)}). Lower --photos-per-person."
@@ -112,6 +111,17 @@ def prepare_scrape(
         copied[folder] = len(photos)
     logger.info("Demo scrape in %s: %s", scrape_dir, copied)
     return DemoScrape(Path(scrape_dir), tuple(chosen), copied)
+
+
+def _fetch(data_home: Path, photos_per_person: int, download: bool):
+    from sklearn.datasets import fetch_lfw_people
+
+    # The arrays it returns are small face cut-outs; what the demo needs is that the original
+    # photos are on disk, and the names of the people with at least photos_per_person of them.
+    return fetch_lfw_people(
+        data_home=str(data_home), funneled=False, min_faces_per_person=photos_per_person, resize=0.1,
+        download_if_missing=download,
+    )
 
 
 def _photos(folder: Path) -> list[Path]:
