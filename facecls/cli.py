@@ -509,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="folder for the demo scrape and run (default %(default)s)")
     demo.add_argument(
         "--lfw-home",
+        metavar="DIR",
         help="a scikit-learn data home holding an LFW download (DIR/lfw_home/lfw/<Person_Name>/); nothing is "
         "downloaded then (default: scikit-learn's data home, downloading LFW if it is missing)",
     )

@@ -11,6 +11,7 @@ say, to review the faces before training).
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
@@ -405,8 +406,8 @@ def write_run_report(run_dir: Path) -> Path:
 
     def photo_thumb(relative: str, sha256: str) -> str:
         source = scrape / relative
-        return thumbnails.request(f"photos/{sha256[:16] or abs(hash(relative))}.jpg",
-                                  lambda: _photo_thumbnail(source, max_pixels))
+        key = sha256[:16] or hashlib.sha256(relative.encode()).hexdigest()[:16]
+        return thumbnails.request(f"photos/{key}.jpg", lambda: _photo_thumbnail(source, max_pixels))
 
     people = sorted({row["person"] for row in ingest_rows if row["person"]})
     split_of = {row["crop_path"]: row["split"] for row in splits or [] if row["flipped"] != "true"}
@@ -449,7 +450,7 @@ def _funnel_section(people, ingest_rows, photos, kept_by_person: Counter | None,
     stages = ("files", "readable", "unique", "face", "kept")
     totals: Counter = Counter()
     rows = []
-    drops = defaultdict(list)  # person -> [(stage, row)]
+    drops = defaultdict(list)  # person -> [(stage, path, status, reason, sha256)]
     for person in people:
         mine = [row for row in ingest_rows if row["person"] == person]
         readable = [row for row in mine if row["status"] not in READABLE_DROPS]
