@@ -143,7 +143,8 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
         if not isinstance(data[name], dict):
             raise ModelDirError(f"{source}: {name} must be a JSON object. Received: {data[name]!r}")
     try:
-        crop_settings = settings_from_dict(CropSettings, data["crop_settings"])
+        # Model dirs written before alignment existed were trained on box crops: keep cropping them so.
+        crop_settings = settings_from_dict(CropSettings, {"align": False, **data["crop_settings"]})
         detect_settings = settings_from_dict(DetectSettings, data["detect_settings"])
         train_settings = settings_from_dict(TrainSettings, data["train_settings"])
     except (FaceclsError, TypeError) as error:
