@@ -149,7 +149,7 @@ justify-content:center;background:#eee;color:#656d76;font-size:11px;text-align:c
 .pager{margin:4px 0}.pager button{margin:0 8px}.key span{display:inline-block;border:3px solid;padding:0 6px;
 margin-right:8px;font-size:12px}.bar{height:4px;background:#2da44e;margin-top:2px}.chips span{display:inline-block;
 background:#eaeef2;border-radius:10px;padding:1px 10px;margin:2px 4px 2px 0}details{margin:4px 0}
-summary{cursor:pointer}header .chips span{background:#57606a;color:#fff}table.text td{text-align:left}svg{background:#fff;margin:4px 16px 4px 0}td.cell{text-align:center;min-width:34px}
+summary{cursor:pointer}header .chips span{background:#57606a;color:#fff}table.text td,table.text th{text-align:left}svg{background:#fff;margin:4px 16px 4px 0}td.cell{text-align:center;min-width:34px}
 td.diagonal{outline:2px solid #2da44e;outline-offset:-2px}.wrap{display:flex;flex-wrap:wrap}
 """
 
@@ -420,7 +420,8 @@ def write_run_report(run_dir: Path) -> Path:
         ("training", "Training", _training_section(history, info)),
         ("test", "Test results", _test_section(metrics)),
         ("mistakes", "Misclassified test faces", _mistakes_section(run_dir, metrics)),
-        ("settings", "Settings and versions", _settings_section(run_summary, ingest_summary, info, model_dir)),
+        ("settings", "Settings and versions", _settings_section(
+            _stage_settings(run_dir, run_summary, ingest_summary, curate_summary, info), run_summary, info, model_dir)),
     ]
     faces_kept = len(split_of) if splits is not None else (len(crops) if crops is not None else None)
     accuracy = ""
@@ -560,7 +561,7 @@ def _faces_section(run_dir, people, photos, crops, others, split_of, scrape, pho
             f"{', ' + _plural(len(missing), 'photo') + ' without a face' if missing else ''}</h3>"
             + _gallery(tiles, "faces-" + person)
             + (f"<p>Photos that gave no face:</p>{_gallery(missing_tiles, 'noface-' + person)}" if missing else "")
-            + (f'<details><summary>{len(strangers)} other faces in the same photos (not trained on; they calibrate '
+            + (f'<details><summary>{_plural(len(strangers), "other face")} in the same photos (not trained on; they calibrate '
                f"unknown)</summary>{_gallery(stranger_tiles, 'others-' + person)}</details>" if strangers else "")
         )
     return "".join(parts)
@@ -682,13 +683,7 @@ def _mistakes_section(run_dir, metrics) -> str:
             "predicted person.</p>" + _gallery(tiles, "mistakes", empty="No test face was misclassified."))
 
 
-def _settings_section(run_summary, ingest_summary, info, model_dir) -> str:
-    settings = dict(run_summary.get("settings") or {})
-    if not settings and info:
-        settings = {"detect": info.get("detect_settings"), "crop": info.get("crop_settings"),
-                    "train": info.get("train_settings")}
-    if "ingest" not in settings and ingest_summary.get("settings"):
-        settings["ingest"] = ingest_summary["settings"]
+def _settings_section(settings: dict, run_summary, info, model_dir) -> str:
     parts = [_settings_table(settings)]
     if info:
         versions = info.get("versions", {})
@@ -704,6 +699,21 @@ def _settings_section(run_summary, ingest_summary, info, model_dir) -> str:
         parts.append(f'<p class="muted">The run took {run_summary["seconds"]:.0f} s; rerunning the same command reuses '
                      "finished work.</p>")
     return "".join(parts)
+
+
+def _stage_settings(run_dir: Path, run_summary, ingest_summary, curate_summary, info) -> dict:
+    """Each stage's settings: from run.json, else from what each stage done so far recorded."""
+    if run_summary.get("settings"):
+        return run_summary["settings"]
+    crop_summary = _read_optional_json(run_dir / "crop" / "crop.json") or {}
+    found = {
+        "ingest": ingest_summary.get("settings"),
+        "detect": crop_summary.get("detect_settings"),
+        "crop": crop_summary.get("crop_settings"),
+        "curate": (curate_summary or {}).get("settings"),
+        "train": (info or {}).get("train_settings"),
+    }
+    return {stage: values for stage, values in found.items() if values}
 
 
 def _settings_table(settings: dict) -> str:

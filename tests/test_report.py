@@ -220,6 +220,9 @@ def test_report_of_a_run_stopped_after_crop_shows_the_faces_and_says_what_is_mis
     assert "The curate stage has not run yet" in page.locator("#splits").text_content()
     assert "No evaluation yet" in page.locator("#test").text_content()
     assert page.locator('[data-stage="kept"]').count() == 0
+    settings = attribute_map(page, "[data-setting]", "data-setting")  # from crop.json and ingest.json
+    assert settings["crop.image_size"] == "96" and settings["ingest.min_side"] == "32"
+    assert not any(key.startswith(("train.", "curate.")) for key in settings)
 
 
 def test_report_of_a_folder_that_is_neither_is_exit_1_with_one_line(tmp_path, capsys):
