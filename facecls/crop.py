@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -293,9 +294,23 @@ _worker_crop_settings: CropSettings | None = None
 _worker_max_pixels: int = 0
 
 
+def _import_tensorflow_quietly() -> None:
+    # TensorFlow writes start-up lines to stderr before its log level applies; in a worker
+    # process they would repeat once per worker in the middle of the progress bar.
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _worker_start(detect_settings: DetectSettings, crop_settings: CropSettings, max_pixels: int) -> None:
     global _worker_detector, _worker_crop_settings, _worker_max_pixels
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _import_tensorflow_quietly()
     # One core per worker process: MTCNN does not scale across threads, but across processes.
     limit_tensorflow_threads(1)
     _worker_detector = FaceDetector(detect_settings)
@@ -443,6 +458,11 @@ def crop(
     fingerprint = settings_fingerprint(detect_settings, crop_settings)
     cache_dir = out_dir / CACHE_FOLDER / fingerprint
     with output_lock(out_dir):
+        # Crop file names do not carry the settings, so crops of other settings are about to be
+        # overwritten: their cache entries would then point at the wrong crops.
+        for stale in (out_dir / CACHE_FOLDER).glob("*"):
+            if stale.is_dir() and stale.name != fingerprint:
+                shutil.rmtree(stale)
         cached: dict[str, dict] = {}
         todo = []
         for record in records:
