@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from facecls import images
 from facecls.crop import FaceCropper, PhotoFaces, default_workers
+from facecls.detect import limit_tensorflow_threads
 from facecls.errors import FaceclsError
 from facecls.manifest import output_lock, read_json, sha256_file, write_json
 
@@ -129,7 +130,8 @@ class Classifier:
     Args:
         model_dir: a model dir written by the train stage.
         unknown_threshold: overrides the model dir's calibrated threshold; None keeps it.
-        workers: face-detection processes for ``classify_paths`` (1: in this process).
+        workers: face-detection processes for ``classify_paths`` (1: in this process; None: one per
+            core). With more than one, TensorFlow here is limited to one thread if it has not started yet.
         batch_size: faces per call of the classification model.
 
     Raises:
@@ -152,6 +154,12 @@ class Classifier:
             raise FaceclsError(f"unknown_threshold must be between 0 and 1. Received: {unknown_threshold}")
         if batch_size < 1:
             raise FaceclsError(f"batch_size must be at least 1. Received: {batch_size}")
+        workers = default_workers() if workers is None else max(1, workers)
+        if workers > 1:
+            # The detector processes own the cores; TensorFlow's own thread pool here would spin
+            # on them between batches (measured: 1 thread gives 1.5x the photos/s on 2 cores).
+            # A no-op when TensorFlow already runs in this process.
+            limit_tensorflow_threads(1)
         loaded = load_model_dir(Path(model_dir))
         self.model_dir = Path(model_dir)
         self.info = loaded.info
