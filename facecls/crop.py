@@ -49,7 +49,7 @@ OTHERS_MANIFEST = "others.csv"
 SHEETS_FOLDER = "sheets"
 CACHE_FOLDER = "cache"
 # Bump when a change to detection or cropping changes the crops, so reruns redo old work.
-CROP_ALGORITHM_VERSION = 3
+CROP_ALGORITHM_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -180,11 +180,18 @@ ALIGNMENT_TEMPLATE_112 = np.array(
 
 
 def keypoint_array(detection: Detection) -> np.ndarray:
-    """The five MTCNN keypoints as a [5, 2] array of (x, y), in template order."""
+    """The five MTCNN keypoints as a [5, 2] array of (x, y), in template order.
+
+    Rounded to 0.1 pixel as photos.csv stores them: MTCNN run with another thread count (a worker
+    process) differs in the last float bits, which must not change the crop.
+    """
     points = detection.keypoints
-    return np.array(
-        [[point.x, point.y] for point in (points.left_eye, points.right_eye, points.nose, points.mouth_left, points.mouth_right)],
-        dtype=np.float64,
+    return np.round(
+        np.array(
+            [[point.x, point.y] for point in (points.left_eye, points.right_eye, points.nose, points.mouth_left, points.mouth_right)],
+            dtype=np.float64,
+        ),
+        1,
     )
 
 

@@ -22,7 +22,7 @@ from facecls.images import decode_image
 from facecls.ingest import ingest
 
 DETECT = DetectSettings()
-CROP = CropSettings()
+CROP = CropSettings(margin=0.25, align=False)  # the box crop; aligned crops: tests/test_align.py
 NO_FACE_PHOTOS = [
     "no_face/rocket.jpg",
     "no_face/coffee.png",
@@ -68,7 +68,7 @@ def face(x, y, width, height, confidence) -> Detection:
 
 @pytest.fixture(scope="module")
 def cropper():
-    with FaceCropper(workers=1) as instance:
+    with FaceCropper(DETECT, CROP, workers=1) as instance:
         yield instance
 
 
@@ -363,7 +363,7 @@ def test_square_box_always_fits():
 def test_crop_face_is_image_size_square_from_the_box():
     pixels = np.zeros((300, 400, 3), dtype=np.uint8)
     pixels[100:200, 150:250] = 255  # a white "face"
-    crop_pixels = crop_face(pixels, face(150, 100, 100, 100, 0.99), CropSettings(margin=0.5, image_size=64))
+    crop_pixels = crop_face(pixels, face(150, 100, 100, 100, 0.99), CropSettings(margin=0.5, image_size=64, align=False))
     assert crop_pixels.shape == (64, 64, 3)
     # margin 0.5: the 100-pixel face fills the middle half of a 200-pixel square.
     assert crop_pixels[24:40, 24:40].min() == 255
