@@ -16,6 +16,7 @@ group together so that copies of one photo never land in both training and test.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections import Counter, defaultdict
@@ -99,9 +100,20 @@ def list_scrape(scrape: Path) -> list[tuple[Path, str]]:
     for person in people:
         for root, directories, names in os.walk(scrape / person, followlinks=False):
             directories.sort()
-            for name in sorted(names):
+            # Symlinked folders are not walked, but listed: every entry gets a row, none hides.
+            linked = [name for name in directories if os.path.islink(os.path.join(root, name))]
+            for name in sorted(names + linked):
                 files.append((Path(root) / name, person))
     return files
+
+
+def _dangling_link_reason(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+    return "broken symbolic link"
 
 
 def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) -> IngestRecord:
@@ -115,9 +127,10 @@ def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) ->
         )
     try:
         if path.is_symlink() and not path.exists():
-            return replace(blank, reason="broken symbolic link")
+            return replace(blank, reason=_dangling_link_reason(path))
         if not path.is_file():
-            return replace(blank, reason="not a regular file")
+            folder = path.is_symlink() and path.is_dir()
+            return replace(blank, reason="symbolic link to a folder (not followed)" if folder else "not a regular file")
         sha256 = sha256_file(path)
     except OSError as error:
         return replace(blank, reason=error.strerror or str(error))
