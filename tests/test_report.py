@@ -188,8 +188,8 @@ def test_splits_training_test_results_and_settings_match_the_run(run_page):
     assert attribute_map(page, "[data-version]", "data-version") == info["versions"]
 
 
-def test_facecls_report_rebuilds_the_same_page(run_page, tmp_path, capsys):
-    run_dir, _ = run_page
+def test_facecls_report_rebuilds_the_same_page(data_dir, tmp_path, capsys):
+    run_dir = small_run()
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     original = (copy / "report.html").read_text()
