@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections import Counter, deque
@@ -627,7 +628,7 @@ def _check_inputs(inputs: Sequence[Path]) -> None:
 def iter_input_files(inputs: Sequence[Path], exclude: Path | None = None) -> Iterator[str]:
     """Every file under the inputs (recursively, sorted, hidden files included), as absolute paths.
 
-    Symbolic links to folders are not followed (no loops); ``exclude`` (the output folder) is skipped.
+    Symbolic links to folders are listed, not followed (no loops); ``exclude`` (the output folder) is skipped.
     """
     excluded = os.path.realpath(exclude) if exclude is not None else None
     for item in inputs:
@@ -639,12 +640,16 @@ def iter_input_files(inputs: Sequence[Path], exclude: Path | None = None) -> Ite
             if excluded is not None:
                 folders[:] = [name for name in folders if os.path.realpath(os.path.join(root, name)) != excluded]
             folders.sort()
-            for name in sorted(names):
+            # Symlinked folders are not walked, but listed, so each gets an unreadable row saying why.
+            linked = [name for name in folders if os.path.islink(os.path.join(root, name))]
+            for name in sorted(names + linked):
                 yield os.path.join(root, name)
 
 
 def _sha256_or_empty(path: str) -> str:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return ""  # a FIFO would block the read forever; the decoder reports what it is
         return sha256_file(Path(path))
     except OSError:
         return ""

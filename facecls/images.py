@@ -8,6 +8,8 @@ grayscale, 16-bit, CMYK) comes out as 8-bit RGB, the only input MTCNN and the mo
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +103,10 @@ def looks_like_image(head: bytes) -> bool:
 def _open(path: Path) -> Image.Image:
     path = Path(path)
     try:
-        with open(path, "rb") as file:
+        # O_NONBLOCK: opening a FIFO named like a photo must not wait forever for a writer.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ImageDecodeError(path, "not a regular file (a folder, pipe or device)")
             head = file.read(64)
     except OSError as error:
         raise ImageDecodeError(path, error.strerror or str(error)) from None
