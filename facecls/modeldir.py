@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import glob
 import importlib.metadata
 import os
 import platform
@@ -208,6 +209,7 @@ def save_model_dir(
         raise FaceclsError(f"The model has {outputs} outputs but info has {len(info.labels)} labels; they must match.")
     check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
         model.save(str(temporary / MODEL_FILE))
@@ -220,6 +222,23 @@ def save_model_dir(
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return path
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Clear the temporary siblings of a model dir that a killed save left behind.
+
+    A kill between the two renames of a replacement leaves no model dir and the old one
+    retired: it is put back. Call it holding the lock of ``path``'s parent (train does).
+    """
+    path = Path(path)
+    name = glob.escape(path.name)
+    for retired in sorted(path.parent.glob(f".{name}.old-*")):
+        if not os.path.lexists(path) and (retired / INFO_FILE).is_file():
+            os.rename(retired, path)
+        else:
+            shutil.rmtree(retired, ignore_errors=True)
+    for partial in path.parent.glob(f".{name}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def check_replaceable(path: Path) -> None:

@@ -29,6 +29,7 @@ from facecls.config import CropSettings, DetectSettings, TrainSettings  # noqa: 
 from facecls.curate import SplitItem  # noqa: E402
 from facecls.errors import FaceclsError  # noqa: E402
 from facecls.images import read_rgb  # noqa: E402
+from facecls.manifest import output_lock  # noqa: E402
 from facecls.model import (  # noqa: E402
     build_classifier,
     load_base,
@@ -239,119 +240,121 @@ def train_model(
     if not crops_dir.is_dir():
         raise FaceclsError(f"Crops folder {crops_dir} not found. Run the crop stage first or pass its output folder.")
     modeldir.check_replaceable(model_dir)
-    train_items = [item for item in items if item.split == "train"]
-    val_items = [item for item in items if item.split == "val"]
-    if not val_items:
-        logger.warning("No val items: early stopping watches the training loss and no val accuracy is reported.")
-    fine_tune = bool(train_settings.fine_tune_from) and train_settings.fine_tune_epochs > 0
+    # One trainer per model dir: a second one refuses before the heavy work, not at the save.
+    with output_lock(model_dir.parent):
+        train_items = [item for item in items if item.split == "train"]
+        val_items = [item for item in items if item.split == "val"]
+        if not val_items:
+            logger.warning("No val items: early stopping watches the training loss and no val accuracy is reported.")
+        fine_tune = bool(train_settings.fine_tune_from) and train_settings.fine_tune_epochs > 0
 
-    keras.utils.set_random_seed(train_settings.seed)
-    image_size = crop_settings.image_size
-    base = load_base(train_settings.alpha, image_size, train_settings.weights)
-    classifier = build_classifier(base, len(label_order), train_settings.dropout)
-    parts = split_classifier(classifier, train_settings.fine_tune_from if fine_tune else LAST_CUT)
-    base.trainable = False
-
-    # Each distinct (crop, flipped) view goes through the frozen part once.
-    views = sorted({(item.crop_path, item.flipped) for item in train_items + val_items})
-    view_index = {view: index for index, view in enumerate(views)}
-    pixels = _read_views(views, crops_dir, image_size)
-    cut = predict_batched(parts.bottom, pixels, batch_size=32)
-    pooled = predict_batched(parts.pooled, cut, batch_size=64)
-    del pixels
-    cache_seconds = time.perf_counter() - started
-    logger.info("Cached the frozen part for %d crops in %.1f s", len(views), cache_seconds)
-
-    class_of = {label: index for index, label in enumerate(label_order)}
-
-    def arrays(split_items: list[SplitItem]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows = np.array([view_index[(item.crop_path, item.flipped)] for item in split_items], dtype=np.int64)
-        targets = np.array([class_of[item.person] for item in split_items], dtype=np.int64)
-        weights = np.array([item.weight for item in split_items], dtype=np.float32)
-        return rows, targets, weights
-
-    train_rows, train_targets, train_weights = arrays(train_items)
-    val_rows, val_targets, _ = arrays(val_items)
-    has_val = len(val_items) > 0
-
-    phase_started = time.perf_counter()
-    history = {
-        "head": _fit(
-            parts.head,
-            "head",
-            train_settings.head_learning_rate,
-            train_settings.head_epochs,
-            (pooled[train_rows], train_targets, train_weights),
-            (pooled[val_rows], val_targets) if has_val else None,
-            train_settings,
-        )
-    }
-    head_seconds = time.perf_counter() - phase_started
-
-    fine_tune_seconds = 0.0
-    fine_tune_kept = False
-    val_loss = val_accuracy = None
-    if has_val:
-        val_loss, val_accuracy = _loss_and_accuracy(predict_batched(parts.top, cut[val_rows], 64), val_targets)
-    if fine_tune:
-        phase_started = time.perf_counter()
-        head_weights = parts.top.get_weights()
-        trainable_layers = unfreeze_top(base, parts.top_layers)
-        logger.info("Fine-tuning %d base layers from %s", len(trainable_layers), train_settings.fine_tune_from)
-        history["fine_tune"] = _fit(
-            parts.top,
-            "fine_tune",
-            train_settings.fine_tune_learning_rate,
-            train_settings.fine_tune_epochs,
-            (cut[train_rows], train_targets, train_weights),
-            (cut[val_rows], val_targets) if has_val else None,
-            train_settings,
-        )
-        fine_tune_kept = True
-        if has_val:
-            tuned_loss, tuned_accuracy = _loss_and_accuracy(
-                predict_batched(parts.top, cut[val_rows], 64), val_targets
-            )
-            if tuned_loss < val_loss:
-                val_loss, val_accuracy = tuned_loss, tuned_accuracy
-            else:
-                logger.info("Fine-tuning did not lower the val loss (%.4f >= %.4f); keeping the head-only weights.",
-                            tuned_loss, val_loss)
-                parts.top.set_weights(head_weights)
-                fine_tune_kept = False
+        keras.utils.set_random_seed(train_settings.seed)
+        image_size = crop_settings.image_size
+        base = load_base(train_settings.alpha, image_size, train_settings.weights)
+        classifier = build_classifier(base, len(label_order), train_settings.dropout)
+        parts = split_classifier(classifier, train_settings.fine_tune_from if fine_tune else LAST_CUT)
         base.trainable = False
-        fine_tune_seconds = time.perf_counter() - phase_started
 
-    head_epochs_run = len(history["head"]["loss"])
-    fine_tune_epochs_run = len(history.get("fine_tune", {}).get("loss", []))
-    metrics: dict[str, Any] = {
-        "val_accuracy": val_accuracy,
-        "val_loss": val_loss,
-        "val_count": len(val_items),
-        "train_count": len(train_items),
-        "head_epochs_run": head_epochs_run,
-        "fine_tune_epochs_run": fine_tune_epochs_run,
-        "fine_tune_kept": fine_tune_kept,
-    }
-    info = modeldir.new_model_info(label_order, crop_settings, detect_settings, train_settings, metrics)
-    modeldir.save_model_dir(
-        model_dir, classifier, info, history=history, extra_files={CURVES_FILE: training_curves_png(history)}
-    )
-    seconds = time.perf_counter() - started
-    logger.info("Trained %s in %.1f s (val accuracy %s)", model_dir, seconds, val_accuracy)
-    return TrainResult(
-        model_dir=model_dir,
-        labels=label_order,
-        history=history,
-        val_accuracy=val_accuracy,
-        val_loss=val_loss,
-        head_epochs_run=head_epochs_run,
-        fine_tune_epochs_run=fine_tune_epochs_run,
-        fine_tune_kept=fine_tune_kept,
-        train_count=len(train_items),
-        val_count=len(val_items),
-        cache_seconds=cache_seconds,
-        head_seconds=head_seconds,
-        fine_tune_seconds=fine_tune_seconds,
-        seconds=seconds,
-    )
+        # Each distinct (crop, flipped) view goes through the frozen part once.
+        views = sorted({(item.crop_path, item.flipped) for item in train_items + val_items})
+        view_index = {view: index for index, view in enumerate(views)}
+        pixels = _read_views(views, crops_dir, image_size)
+        cut = predict_batched(parts.bottom, pixels, batch_size=32)
+        pooled = predict_batched(parts.pooled, cut, batch_size=64)
+        del pixels
+        cache_seconds = time.perf_counter() - started
+        logger.info("Cached the frozen part for %d crops in %.1f s", len(views), cache_seconds)
+
+        class_of = {label: index for index, label in enumerate(label_order)}
+
+        def arrays(split_items: list[SplitItem]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            rows = np.array([view_index[(item.crop_path, item.flipped)] for item in split_items], dtype=np.int64)
+            targets = np.array([class_of[item.person] for item in split_items], dtype=np.int64)
+            weights = np.array([item.weight for item in split_items], dtype=np.float32)
+            return rows, targets, weights
+
+        train_rows, train_targets, train_weights = arrays(train_items)
+        val_rows, val_targets, _ = arrays(val_items)
+        has_val = len(val_items) > 0
+
+        phase_started = time.perf_counter()
+        history = {
+            "head": _fit(
+                parts.head,
+                "head",
+                train_settings.head_learning_rate,
+                train_settings.head_epochs,
+                (pooled[train_rows], train_targets, train_weights),
+                (pooled[val_rows], val_targets) if has_val else None,
+                train_settings,
+            )
+        }
+        head_seconds = time.perf_counter() - phase_started
+
+        fine_tune_seconds = 0.0
+        fine_tune_kept = False
+        val_loss = val_accuracy = None
+        if has_val:
+            val_loss, val_accuracy = _loss_and_accuracy(predict_batched(parts.top, cut[val_rows], 64), val_targets)
+        if fine_tune:
+            phase_started = time.perf_counter()
+            head_weights = parts.top.get_weights()
+            trainable_layers = unfreeze_top(base, parts.top_layers)
+            logger.info("Fine-tuning %d base layers from %s", len(trainable_layers), train_settings.fine_tune_from)
+            history["fine_tune"] = _fit(
+                parts.top,
+                "fine_tune",
+                train_settings.fine_tune_learning_rate,
+                train_settings.fine_tune_epochs,
+                (cut[train_rows], train_targets, train_weights),
+                (cut[val_rows], val_targets) if has_val else None,
+                train_settings,
+            )
+            fine_tune_kept = True
+            if has_val:
+                tuned_loss, tuned_accuracy = _loss_and_accuracy(
+                    predict_batched(parts.top, cut[val_rows], 64), val_targets
+                )
+                if tuned_loss < val_loss:
+                    val_loss, val_accuracy = tuned_loss, tuned_accuracy
+                else:
+                    logger.info("Fine-tuning did not lower the val loss (%.4f >= %.4f); keeping the head-only weights.",
+                                tuned_loss, val_loss)
+                    parts.top.set_weights(head_weights)
+                    fine_tune_kept = False
+            base.trainable = False
+            fine_tune_seconds = time.perf_counter() - phase_started
+
+        head_epochs_run = len(history["head"]["loss"])
+        fine_tune_epochs_run = len(history.get("fine_tune", {}).get("loss", []))
+        metrics: dict[str, Any] = {
+            "val_accuracy": val_accuracy,
+            "val_loss": val_loss,
+            "val_count": len(val_items),
+            "train_count": len(train_items),
+            "head_epochs_run": head_epochs_run,
+            "fine_tune_epochs_run": fine_tune_epochs_run,
+            "fine_tune_kept": fine_tune_kept,
+        }
+        info = modeldir.new_model_info(label_order, crop_settings, detect_settings, train_settings, metrics)
+        modeldir.save_model_dir(
+            model_dir, classifier, info, history=history, extra_files={CURVES_FILE: training_curves_png(history)}
+        )
+        seconds = time.perf_counter() - started
+        logger.info("Trained %s in %.1f s (val accuracy %s)", model_dir, seconds, val_accuracy)
+        return TrainResult(
+            model_dir=model_dir,
+            labels=label_order,
+            history=history,
+            val_accuracy=val_accuracy,
+            val_loss=val_loss,
+            head_epochs_run=head_epochs_run,
+            fine_tune_epochs_run=fine_tune_epochs_run,
+            fine_tune_kept=fine_tune_kept,
+            train_count=len(train_items),
+            val_count=len(val_items),
+            cache_seconds=cache_seconds,
+            head_seconds=head_seconds,
+            fine_tune_seconds=fine_tune_seconds,
+            seconds=seconds,
+        )
