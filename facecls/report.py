@@ -146,7 +146,7 @@ overflow-wrap:anywhere}.thumb.wide{width:160px}.thumb.several{border-color:#fb85
 .thumb.unknown{border-color:#8c959f}.thumb.train{border-bottom-color:#8c959f}.thumb.val{border-bottom-color:#0969da}
 .thumb.test{border-bottom-color:#8250df}.noimg{width:100%;height:80px;display:flex;align-items:center;
 justify-content:center;background:#eee;color:#656d76;font-size:11px;text-align:center}
-.pager{margin:4px 0}.pager button{margin:0 8px}.key span{display:inline-block;border:3px solid;padding:0 6px;
+.thumb a{text-decoration:none}.pager{margin:4px 0}.pager button{margin:0 8px}.key span{display:inline-block;border:3px solid;padding:0 6px;
 margin-right:8px;font-size:12px}.bar{height:4px;background:#2da44e;margin-top:2px}.chips span{display:inline-block;
 background:#eaeef2;border-radius:10px;padding:1px 10px;margin:2px 4px 2px 0}details{margin:4px 0}
 summary{cursor:pointer}header .chips span{background:#57606a;color:#fff}table.text td,table.text th{text-align:left}svg{background:#fff;margin:4px 16px 4px 0}td.cell{text-align:center;min-width:34px}
