@@ -91,6 +91,26 @@ def _from_mtcnn(face: dict, scale: float) -> Detection:
     )
 
 
+BUCKET_PIXELS = 64
+
+
+def _bucket(shape: tuple) -> tuple[int, int]:
+    height, width = shape[:2]
+    return (-(-height // BUCKET_PIXELS) * BUCKET_PIXELS, -(-width // BUCKET_PIXELS) * BUCKET_PIXELS)
+
+
+def _pad_to(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    padded = np.zeros((size[0], size[1], 3), dtype=np.uint8)
+    padded[: pixels.shape[0], : pixels.shape[1]] = pixels
+    return padded
+
+
+def _inside(face: dict, shape: tuple) -> bool:
+    """Whether a face found on a padded photo has its centre on the photo itself."""
+    x, y, width, height = face["box"]
+    return x + width / 2 < shape[1] and y + height / 2 < shape[0]
+
+
 def limit_tensorflow_threads(threads: int) -> None:
     """Pin TensorFlow to ``threads`` cores; call before TensorFlow runs anything."""
     import tensorflow as tf
@@ -117,23 +137,41 @@ class FaceDetector:
         return self.detect_many([pixels])[0]
 
     def detect_many(self, photos: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """All faces in each photo; photos sharing a downscaled size run as one MTCNN batch."""
+        """All faces in each photo; photos of similar downscaled size run as one MTCNN batch.
+
+        Downscaled photos are padded at the bottom and right to the next multiple of
+        ``BUCKET_PIXELS`` so that photos of nearly the same size (a scrape is full of 474x5xx
+        thumbnails) share a batch: a batch of 8 runs 1.4-1.9x faster than 8 single calls.
+        """
         for pixels in photos:
             if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
                 raise ValueError(f"photos must be RGB uint8 arrays of shape (H, W, 3). Received: {pixels.dtype} {pixels.shape}")
         scaled = [resize_longest_side(pixels, self.settings.detect_side) for pixels in photos]
-        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        buckets: dict[tuple, list[int]] = defaultdict(list)
         for index, (small, _) in enumerate(scaled):
-            by_shape[small.shape].append(index)
+            buckets[_bucket(small.shape)].append(index)
         results: list[list[Detection]] = [[] for _ in photos]
-        for indices in by_shape.values():
+        padded: set[int] = set()
+        for bucket, indices in buckets.items():
             for start in range(0, len(indices), self.settings.batch_size):
                 chunk = indices[start : start + self.settings.batch_size]
-                batch = [scaled[index][0] for index in chunk]
+                if len(chunk) == 1:
+                    batch = [scaled[chunk[0]][0]]  # alone: no padding needed
+                else:
+                    batch = [_pad_to(scaled[index][0], bucket) for index in chunk]
+                    padded.update(chunk)
                 found = self._run(batch)
                 for index, faces in zip(chunk, found):
-                    results[index] = [_from_mtcnn(face, scaled[index][1]) for face in faces]
+                    small, scale = scaled[index]
+                    results[index] = [
+                        _from_mtcnn(face, scale) for face in faces if _inside(face, small.shape)
+                    ]
         for index, pixels in enumerate(photos):
+            if not self._has_confident_face(results[index]) and index in padded:
+                # padding changes MTCNN's image pyramid: look at the photo alone before rescaling
+                small, scale = scaled[index]
+                alone = [_from_mtcnn(face, scale) for face in self._run([small])[0]]
+                results[index] = alone or results[index]
             if not self._has_confident_face(results[index]):
                 results[index] = self._detect_again(pixels) or results[index]
         return results
@@ -158,12 +196,21 @@ class FaceDetector:
             target = min(longest, 2 * self.settings.detect_side)
         else:
             return []
-        scale = target / longest
-        size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
-        interpolation = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
-        resized = cv2.resize(pixels, size, interpolation=interpolation)
-        faces = self._mtcnn.detect_faces(resized, min_face_size=MTCNN_MIN_FACE_SIZE)
-        return [_from_mtcnn(face, scale) for face in faces]
+        found: list[Detection] = []
+        # MTCNN's result at one scale is brittle (a face found at 2.42x is missed at 2.424x),
+        # so the second look tries two scales and keeps the first with a confident face.
+        for fraction in (1.0, 0.75):
+            scale = target * fraction / longest
+            if 0.9 < scale < 1.1:
+                continue  # about the scale already tried
+            size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
+            interpolation = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
+            resized = cv2.resize(pixels, size, interpolation=interpolation)
+            faces = self._mtcnn.detect_faces(resized, min_face_size=MTCNN_MIN_FACE_SIZE)
+            found = [_from_mtcnn(face, scale) for face in faces]
+            if self._has_confident_face(found):
+                break
+        return found
 
     def _run(self, batch: list[np.ndarray]) -> list[list[dict]]:
         if len(batch) == 1:
