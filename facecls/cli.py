@@ -560,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         # this), and worker processes inherit them.
         os.environ["TQDM_DISABLE"] = "1"
     try:
+        if getattr(args, "workers", None) is not None and args.workers < 1:
+            raise FaceclsError(f"--workers must be at least 1. Received: {args.workers}. Leave it out for one per core.")
         return args.handler(args)
     except FaceclsError as error:
         if args.debug:

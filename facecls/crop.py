@@ -472,16 +472,20 @@ def crop(
                 shutil.rmtree(stale)
         cached: dict[str, dict] = {}
         todo = []
-        for record in records:
-            entry = _read_cache(cache_dir, record.sha256, out_dir)
-            if entry is None:
-                todo.append(record)
+        # MTCNN's result for a photo depends on the photos batched with it, so work is redone by
+        # whole tasks of the full list: a resumed run batches exactly as an uninterrupted one.
+        task_size = 2 * detect_settings.batch_size
+        for start in range(0, len(records), task_size):
+            batch = records[start : start + task_size]
+            entries = [_read_cache(cache_dir, record.sha256, out_dir) for record in batch]
+            if any(entry is None for entry in entries):
+                todo.extend(batch)
             else:
-                cached[record.path] = entry
+                cached.update((record.path, entry) for record, entry in zip(batch, entries))
         progress = tqdm(total=len(records), initial=len(cached), desc="crop", unit="photo")
         with FaceCropper(detect_settings, crop_settings, workers=_workers_for(len(todo), workers)) as cropper:
             by_path = {str(scrape / record.path): record for record in todo}
-            for faces in cropper.faces_in_files(by_path):
+            for faces in cropper.faces_in_files(by_path, chunk_size=task_size):
                 record = by_path[faces.path]
                 cached[record.path] = _store_photo(faces, record, crop_settings, out_dir, cache_dir)
                 progress.update(1)
@@ -561,8 +565,10 @@ def _store_photo(
         "others": list(faces.others),
         "other_files": other_files,
     }
-    # Written last: a photo counts as done only once its crops are on disk.
-    write_json(_cache_path(cache_dir, record.sha256), entry)
+    # Written last: a photo counts as done only once its crops are on disk. An unreadable file is
+    # not cached: the cause (deleted or locked mid-run, a full disk) may be gone on the rerun.
+    if faces.status != "unreadable":
+        write_json(_cache_path(cache_dir, record.sha256), entry)
     return entry
 
 
