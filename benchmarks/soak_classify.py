@@ -1,0 +1,147 @@
+"""Soak: ``facecls classify`` over a few thousand mixed good and hostile files.
+
+Builds a folder of real photos (the shared 5-celebrity val photos and hard cases, copied under
+distinct names) mixed with the generated hostile corpus of tests/corpus.py (zero-byte, truncated,
+bit-flipped, HTML as .jpg, decompression bombs, 1x1, 30000 px wide, CMYK, 16-bit, animated GIF,
+odd names, FIFOs, symlink loops, ...), runs ``python -m facecls classify`` on it in a subprocess
+and prints files/s, statuses by kind of file, and the peak memory of the whole process tree
+(the main process and its detector workers, RSS summed from /proc every 0.2 s).
+
+    .venv/bin/python benchmarks/soak_classify.py --files 3000 [--model-dir DIR] [--workers 2]
+
+Without --model-dir the small model of the classify tests is trained first (about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from corpus import build_corpus, restore_permissions  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def good_photos() -> list[Path]:
+    photos = sorted((SHARED / "5-celebrity-faces" / "val").glob("*/*"))
+    photos += sorted(path for path in (SHARED / "hard-cases").glob("*/*") if path.suffix.lower() in (".jpg", ".png"))
+    return [path for path in photos if "corrupt" not in path.parts]
+
+
+def build_inputs(folder: Path, files: int, good_share: float) -> dict[str, str]:
+    """Write about ``files`` entries; returns path -> kind."""
+    kinds: dict[str, str] = {}
+    sources = good_photos()
+    good_wanted = int(files * good_share)
+    folder_number = 0
+    while len(kinds) < files:
+        batch = folder / f"batch_{folder_number:03d}"
+        cases = build_corpus(batch, special=True)
+        kinds.update({str(batch / name): case.kind for name, case in cases.items()})
+        for number in range(max(0, min(60, good_wanted - sum(kind == "good_photo" for kind in kinds.values())))):
+            source = sources[(folder_number * 60 + number) % len(sources)]
+            target = batch / f"good_{number:03d}_{source.name}"
+            shutil.copy2(source, target)
+            kinds[str(target)] = "good_photo"
+        folder_number += 1
+    return kinds
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """RSS of ``root_pid`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = defaultdict(list)
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+            children[int(fields[1])].append(int(entry))
+            with open(f"/proc/{entry}/statm") as file:
+                rss[int(entry)] = int(file.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--good-share", type=float, default=0.6, help="share of real photos (default %(default)s)")
+    parser.add_argument("--model-dir", help="a facecls model dir (default: train the classify tests' small model)")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+
+    if args.model_dir:
+        model_dir = Path(args.model_dir)
+    else:
+        from classify_model import open_set_model
+
+        model_dir = open_set_model()[0]
+    work = Path(tempfile.mkdtemp(prefix="facecls-soak-"))
+    try:
+        kinds = build_inputs(work / "inputs", args.files, args.good_share)
+        out = work / "out"
+        command = [sys.executable, "-m", "facecls", "--quiet", "--json", "classify", str(model_dir), str(work / "inputs"),
+                   "--out", str(out), "--sort", "none"]  # fmt: skip
+        if args.workers:
+            command += ["--workers", str(args.workers)]
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, tree_rss_bytes(process.pid))
+            time.sleep(0.2)
+        seconds = time.perf_counter() - started
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            print(stderr[-3000:], file=sys.stderr)
+            return 1
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        statuses: dict[str, Counter] = defaultdict(Counter)
+        seen = set()
+        with open(out / "predictions.csv", newline="", encoding="utf-8") as file:
+            for row in csv.DictReader(file):
+                if row["path"] in seen:
+                    continue
+                seen.add(row["path"])
+                statuses[kinds.get(row["path"], "?")][row["status"]] += 1
+        missing = set(kinds) - seen
+        print(f"files: {len(kinds)} ({sum(k == 'good_photo' for k in kinds.values())} good photos), "
+              f"rows for {len(seen)}, missing {len(missing)}")  # fmt: skip
+        print(f"wall time {seconds:.1f} s (TensorFlow start-up included): {len(kinds) / seconds:.2f} files/s; "
+              f"classify's own rate {summary['photos_per_second']} photos/s")  # fmt: skip
+        print(f"peak RSS of the process tree: {peak / 2**20:.0f} MiB")
+        print("statuses by kind:")
+        for kind in sorted(statuses):
+            print(f"  {kind:20s} " + ", ".join(f"{status} {count}" for status, count in sorted(statuses[kind].items())))
+        return 0 if not missing else 1
+    finally:
+        for batch in (work / "inputs").glob("batch_*"):
+            restore_permissions(batch)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
