@@ -1,11 +1,22 @@
-"""Accuracy of the default training chain on the shared photos, for alpha 0.35 and 1.0.
+"""Accuracy of the default chain against the textbook baseline on the shared photos, side by side.
+
+Configurations (``--configs``):
+- ``textbook``: box crop with a 25% margin, no alignment (the chain before issue 5);
+- ``default``: the current defaults (aligned, tight crop).
+Both train with the current ``TrainSettings`` defaults, for each ``--alphas``.
 
 - 5-celebrity: train on train/ (its own val split held out of it for early stopping), then
-  ``facecls evaluate`` on val/ (raw photos, detected and cropped with the model's settings).
-- scraped-celebs-6: the leakage-free split of ``facecls run`` over 5 seeds; test accuracy
-  mean and min.
+  evaluate on val/ (raw photos, detected and cropped with the model's settings); a val photo
+  without a face counts as an error.
+- scraped-celebs-6: the leakage-free split of ``facecls run`` over ``--seeds`` seeds; test
+  accuracy mean and min.
+- Open set: ``unknown`` calibrated as ``facecls run`` does (95% of the held-out known faces
+  kept); stranger rejection measured on the other people of the scrape's multi-face photos
+  plus every face of the other data set (people the model never saw).
+- Training time: seconds per model (cropping excluded; it is shared by all models).
 
-Usage: .venv/bin/python benchmarks/bench_accuracy.py [--seeds 5] [--alphas 0.35 1.0] [--out benchmarks/out/accuracy]
+Usage: .venv/bin/python benchmarks/bench_accuracy.py [--seeds 5] [--alphas 0.35 1.0]
+       [--configs textbook default] [--out benchmarks/out/accuracy]
 """
 
 from __future__ import annotations
@@ -21,17 +32,24 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from facecls.config import CropSettings, CurateSettings, DetectSettings, TrainSettings  # noqa: E402
-from facecls.crop import crop  # noqa: E402
+from facecls.crop import crop, read_crops_manifest  # noqa: E402
 from facecls.curate import curate  # noqa: E402
 from facecls.evaluate import crops_from_labelled_folder, evaluate_crops, load_split_crops  # noqa: E402
 from facecls.ingest import ingest  # noqa: E402
 from facecls.modeldir import load_model_dir  # noqa: E402
+from facecls.openset import calibrate_model_dir  # noqa: E402
 from facecls.train import train_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIVE = SHARED / "data" / "5-celebrity-faces"
+SIX = SHARED / "data" / "scraped-celebs-6"
 WEIGHTS = {
     0.35: SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.h5",
     1.0: SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet_tfslim.h5",
+}
+CONFIGS = {
+    "textbook": CropSettings(margin=0.25, align=False),
+    "default": CropSettings(),
 }
 
 
@@ -41,62 +59,87 @@ def prepare(scrape: Path, out: Path, crop_settings: CropSettings) -> Path:
     return out / "crop"
 
 
-def five_celebrity(alpha: float, out: Path, crop_settings: CropSettings) -> tuple[float, float]:
-    crops_dir = prepare(SHARED / "data" / "5-celebrity-faces" / "train", out / "five", crop_settings)
-    curated = curate(crops_dir / "crops.csv", out / "five" / "curate", CurateSettings(test_fraction=0.0, val_fraction=0.15))
+def strangers(crops_dir: Path, other_crops_dir: Path) -> list[str]:
+    """Other people's faces in the scrape's photos, plus every face of the other data set (absolute)."""
+    others = [record.crop_path for record in read_crops_manifest(crops_dir / "others.csv")]
+    return others + [str(other_crops_dir / record.crop_path) for record in read_crops_manifest(other_crops_dir / "crops.csv")]
+
+
+def train_and_calibrate(items, crops_dir, settings, model_dir, crop_settings, stranger_paths):
     started = time.perf_counter()
-    model_dir = out / "five" / f"model-{alpha}"
-    train_model(curated.items, crops_dir, TrainSettings(alpha=alpha, weights=str(WEIGHTS[alpha])), model_dir,
-                crop_settings, DetectSettings())
+    train_model(items, crops_dir, settings, model_dir, crop_settings, DetectSettings())
     seconds = time.perf_counter() - started
+    calibration = calibrate_model_dir(model_dir, crops_dir, items, stranger_paths)
+    return seconds, calibration
+
+
+def five_celebrity(alpha: float, out: Path, crop_settings: CropSettings, five_crops: Path, six_crops: Path) -> dict:
+    curated = curate(five_crops / "crops.csv", out / "five-curate", CurateSettings(test_fraction=0.0, val_fraction=0.15))
+    model_dir = out / f"five-model-{alpha}"
+    seconds, calibration = train_and_calibrate(
+        curated.items, five_crops, TrainSettings(alpha=alpha, weights=str(WEIGHTS[alpha])), model_dir, crop_settings,
+        strangers(five_crops, six_crops),
+    )
     loaded = load_model_dir(model_dir)
-    found = crops_from_labelled_folder(loaded, SHARED / "data" / "5-celebrity-faces" / "val")
-    report = evaluate_crops(loaded, found.crops, out / "five" / f"val-{alpha}")
-    # photos of val without a detected face count as errors
+    found = crops_from_labelled_folder(loaded, FIVE / "val")
+    report = evaluate_crops(loaded, found.crops, out / f"five-val-{alpha}")
     total = report.count + len(found.without_face)
-    return report.correct / total, seconds
+    return {"accuracy": report.correct / total, "seconds": seconds, "calibration": calibration}
 
 
-def scraped(alpha: float, seeds: int, out: Path, crop_settings: CropSettings) -> tuple[list[float], float]:
-    crops_dir = prepare(SHARED / "data" / "scraped-celebs-6", out / "six", crop_settings)
-    accuracies, seconds = [], []
+def scraped(alpha: float, seeds: int, out: Path, crop_settings: CropSettings, six_crops: Path, five_crops: Path) -> list[dict]:
+    results = []
     for seed in range(seeds):
-        curated = curate(crops_dir / "crops.csv", out / "six" / f"curate-{seed}", CurateSettings(seed=seed))
-        model_dir = out / "six" / f"model-{alpha}-{seed}"
-        started = time.perf_counter()
-        train_model(curated.items, crops_dir, TrainSettings(alpha=alpha, weights=str(WEIGHTS[alpha]), seed=seed),
-                    model_dir, crop_settings, DetectSettings())
-        seconds.append(time.perf_counter() - started)
-        test = load_split_crops(curated.items, crops_dir, "test")
-        report = evaluate_crops(load_model_dir(model_dir), test, out / "six" / f"test-{alpha}-{seed}")
-        accuracies.append(report.accuracy)
-        print(f"  scraped-celebs-6 alpha {alpha} seed {seed}: {report.accuracy:.3f} ({report.correct}/{report.count})",
-              flush=True)
-    return accuracies, statistics.mean(seconds)
+        curated = curate(six_crops / "crops.csv", out / f"six-curate-{seed}", CurateSettings(seed=seed))
+        model_dir = out / f"six-model-{alpha}-{seed}"
+        seconds, calibration = train_and_calibrate(
+            curated.items, six_crops, TrainSettings(alpha=alpha, weights=str(WEIGHTS[alpha]), seed=seed), model_dir,
+            crop_settings, strangers(six_crops, five_crops),
+        )
+        test = load_split_crops(curated.items, six_crops, "test")
+        report = evaluate_crops(load_model_dir(model_dir), test, out / f"six-test-{alpha}-{seed}")
+        print(f"  scraped-celebs-6 alpha {alpha} seed {seed}: {report.accuracy:.3f} ({report.correct}/{report.count}), "
+              f"unknown: recall {calibration.known_recall:.2f} rejection {calibration.stranger_rejection:.2f}", flush=True)
+        results.append({"accuracy": report.accuracy, "seconds": seconds, "calibration": calibration})
+    return results
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.35, 1.0])
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["textbook", "default"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/accuracy"))
     args = parser.parse_args(argv)
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent", file=sys.stderr)
         return 0
     logging.basicConfig(level=logging.WARNING)
-    crop_settings = CropSettings()
     rows = []
-    for alpha in args.alphas:
-        five, five_seconds = five_celebrity(alpha, args.out, crop_settings)
-        print(f"  5-celebrity alpha {alpha}: val {five:.3f}", flush=True)
-        six, six_seconds = scraped(alpha, args.seeds, args.out, crop_settings)
-        rows.append((alpha, five, five_seconds, statistics.mean(six), min(six), six_seconds))
+    for config in args.configs:
+        crop_settings = CONFIGS[config]
+        out = args.out / config
+        five_crops = prepare(FIVE / "train", out / "five", crop_settings)
+        six_crops = prepare(SIX, out / "six", crop_settings)
+        for alpha in args.alphas:
+            five = five_celebrity(alpha, out, crop_settings, five_crops, six_crops)
+            print(f"  {config} 5-celebrity alpha {alpha}: val {five['accuracy']:.3f}", flush=True)
+            six = scraped(alpha, args.seeds, out, crop_settings, six_crops, five_crops)
+            accuracies = [result["accuracy"] for result in six]
+            calibrations = [five["calibration"]] + [result["calibration"] for result in six]
+            rows.append((
+                config, alpha, five["accuracy"], statistics.mean(accuracies), min(accuracies),
+                statistics.mean(calibration.known_recall for calibration in calibrations),
+                statistics.mean(calibration.stranger_rejection for calibration in calibrations),
+                five["seconds"], statistics.mean(result["seconds"] for result in six),
+            ))
     print()
-    print("| alpha | 5-celebrity val | train s | scraped-celebs-6 test mean | min | train s/seed |")
-    print("|---|---|---|---|---|---|")
-    for alpha, five, five_seconds, mean, low, seconds in rows:
-        print(f"| {alpha} | {five:.3f} | {five_seconds:.0f} | {mean:.3f} | {low:.3f} | {seconds:.0f} |")
+    print("| config | alpha | 5-celebrity val | scraped-celebs-6 test mean | min | unknown: known recall | "
+          "stranger rejection | train s (5-celebrity) | train s/seed (scraped-6) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for config, alpha, five, mean, low, recall, rejection, five_seconds, six_seconds in rows:
+        print(f"| {config} | {alpha} | {five:.3f} | {mean:.3f} | {low:.3f} | {recall:.3f} | {rejection:.3f} | "
+              f"{five_seconds:.0f} | {six_seconds:.0f} |")
     return 0
 
 
