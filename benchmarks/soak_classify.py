@@ -59,11 +59,13 @@ def build_inputs(folder: Path, files: int, good_share: float) -> dict[str, str]:
     return kinds
 
 
-def tree_rss_bytes(root_pid: int) -> int:
-    """RSS of ``root_pid`` and all its descendants, from /proc."""
+def tree_memory_bytes(root_pid: int) -> tuple[int, int]:
+    """(RSS, PSS) summed over ``root_pid`` and all its descendants, from /proc.
+
+    RSS counts the shared libraries (TensorFlow) once per process; PSS splits shared pages
+    between the processes using them, so its sum is what the tree really occupies.
+    """
     children: dict[int, list[int]] = defaultdict(list)
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -71,16 +73,31 @@ def tree_rss_bytes(root_pid: int) -> int:
             with open(f"/proc/{entry}/stat") as file:
                 fields = file.read().rsplit(")", 1)[1].split()
             children[int(fields[1])].append(int(entry))
-            with open(f"/proc/{entry}/statm") as file:
-                rss[int(entry)] = int(file.read().split()[1]) * page
         except (OSError, IndexError, ValueError):
             continue
-    total, stack = 0, [root_pid]
+    rss = pss = 0
+    stack = [root_pid]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as file:
+                for line in file:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return rss, pss
+
+
+def _lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as file:
+            return file.read().count(b"\n")
+    except OSError:
+        return 0
 
 
 def main() -> int:
@@ -108,9 +125,14 @@ def main() -> int:
             command += ["--workers", str(args.workers)]
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        peak = 0
+        peak_rss = peak_pss = 0
+        pss_by_quarter = [0, 0, 0, 0]  # peak PSS in each quarter of the files done: flat when bounded
         while process.poll() is None:
-            peak = max(peak, tree_rss_bytes(process.pid))
+            rss, pss = tree_memory_bytes(process.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            done = _lines(out / "predictions.csv")
+            quarter = min(3, 4 * done // max(1, len(kinds)))
+            pss_by_quarter[quarter] = max(pss_by_quarter[quarter], pss)
             time.sleep(0.2)
         seconds = time.perf_counter() - started
         stdout, stderr = process.communicate()
@@ -131,7 +153,9 @@ def main() -> int:
               f"rows for {len(seen)}, missing {len(missing)}")  # fmt: skip
         print(f"wall time {seconds:.1f} s (TensorFlow start-up included): {len(kinds) / seconds:.2f} files/s; "
               f"classify's own rate {summary['photos_per_second']} photos/s")  # fmt: skip
-        print(f"peak RSS of the process tree: {peak / 2**20:.0f} MiB")
+        print(f"peak memory of the process tree (main + detector workers): PSS {peak_pss / 2**20:.0f} MiB, "
+              f"RSS {peak_rss / 2**20:.0f} MiB; peak PSS by quarter of the rows written: "
+              + " / ".join(f"{value / 2**20:.0f}" for value in pss_by_quarter) + " MiB")  # fmt: skip
         print("statuses by kind:")
         for kind in sorted(statuses):
             print(f"  {kind:20s} " + ", ".join(f"{status} {count}" for status, count in sorted(statuses[kind].items())))
