@@ -379,7 +379,7 @@ class FaceCropper:
 
     def faces_in_files(self, paths: Iterable[str | Path], chunk_size: int | None = None) -> Iterator[PhotoFaces]:
         """Faces of each file, in input order; memory stays flat however many files there are."""
-        chunk_size = chunk_size or self.detect_settings.batch_size
+        chunk_size = chunk_size or 2 * self.detect_settings.batch_size  # more photos per task: more share a bucket
         chunks = _chunks((str(path) for path in paths), chunk_size)
         if self.workers == 1:
             for chunk in chunks:
