@@ -540,20 +540,18 @@ def _read_cache(cache_dir: Path, sha256: str, out_dir: Path) -> dict | None:
 def _store_photo(
     faces: PhotoFaces, record, crop_settings: CropSettings, out_dir: Path, cache_dir: Path
 ) -> dict:
-    crop_files = []
-    for index, pixels in zip(faces.chosen, faces.crops):
-        name = f"{FACES_FOLDER}/{record.person}/" + crop_file_name(
-            record.path, record.sha256, index, crop_settings.crop_format
-        )
-        images.write_image(out_dir / name, pixels)
-        crop_files.append(name)
-    other_files = []
-    for index, pixels in zip(faces.others, faces.other_crops):
-        name = f"{OTHERS_FOLDER}/{record.person}/" + crop_file_name(
-            record.path, record.sha256, index, crop_settings.crop_format
-        )
-        images.write_image(out_dir / name, pixels)
-        other_files.append(name)
+    def write(folder: str, indices: tuple[int, ...], crops: tuple[np.ndarray, ...]) -> list[str]:
+        names = []
+        for index, pixels in zip(indices, crops):
+            name = f"{folder}/{record.person}/" + crop_file_name(
+                record.path, record.sha256, index, crop_settings.crop_format
+            )
+            images.write_image(out_dir / name, pixels)
+            names.append(name)
+        return names
+
+    crop_files = write(FACES_FOLDER, faces.chosen, faces.crops)
+    other_files = write(OTHERS_FOLDER, faces.others, faces.other_crops)
     entry = {
         "status": faces.status,
         "reason": faces.reason,
