@@ -49,7 +49,7 @@ OTHERS_MANIFEST = "others.csv"
 SHEETS_FOLDER = "sheets"
 CACHE_FOLDER = "cache"
 # Bump when a change to detection or cropping changes the crops, so reruns redo old work.
-CROP_ALGORITHM_VERSION = 4
+CROP_ALGORITHM_VERSION = 5
 
 
 @dataclass(frozen=True)

@@ -196,13 +196,14 @@ class FaceDetector:
             target = min(longest, 2 * self.settings.detect_side)
         else:
             return []
+        first_scale = min(1.0, self.settings.detect_side / longest)
         found: list[Detection] = []
         # MTCNN's result at one scale is brittle (a face found at 2.42x is missed at 2.424x),
         # so the second look tries two scales and keeps the first with a confident face.
         for fraction in (1.0, 0.75):
             scale = target * fraction / longest
-            if 0.9 < scale < 1.1:
-                continue  # about the scale already tried
+            if abs(scale / first_scale - 1) < 0.1:
+                continue  # about the scale of the first pass
             size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
             interpolation = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
             resized = cv2.resize(pixels, size, interpolation=interpolation)
