@@ -133,6 +133,15 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 _held_locks: set[str] = set()
 
 
+def _remove_partial_files(folder: Path) -> None:
+    """Delete temporary files that a killed ``atomic_write_bytes`` left behind (ours alone:
+    the caller holds the folder's lock, so no other facecls process is writing them)."""
+    for path in folder.rglob(".*.partial"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+
+
 @contextlib.contextmanager
 def output_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on an output folder for the duration of a stage.
@@ -162,6 +171,7 @@ def output_lock(folder: Path) -> Iterator[None]:
         lock_file.truncate()
         lock_file.write(str(os.getpid()))
         lock_file.flush()
+        _remove_partial_files(folder)
         _held_locks.add(key)
         try:
             yield
