@@ -178,11 +178,9 @@ def _loads(model_dir: Path) -> bool:
 
 
 def _calibrate_unknown(model_dir: Path, crops_dir: Path, items) -> None:
-    try:
-        from facecls.openset import calibrate_model_dir
-    except ImportError:
-        return
+    """Store the open-set 'unknown' threshold: held-out faces as known, others.csv as strangers."""
     from facecls.crop import read_crops_manifest
+    from facecls.openset import calibrate_model_dir
 
     strangers = [record.crop_path for record in read_crops_manifest(crops_dir / "others.csv")]
     calibrate_model_dir(model_dir, crops_dir, items, strangers)
