@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-epochs", type=int, default=TrainSettings.head_epochs)
     parser.add_argument("--fine-tune-epochs", type=int, default=TrainSettings.fine_tune_epochs)
     parser.add_argument("--weights", default=str(WEIGHTS_035_H5))
+    parser.add_argument("--fine-tune-from", default=TrainSettings.fine_tune_from)
     args = parser.parse_args(argv)
 
     epochs = max(args.head_epochs, args.fine_tune_epochs)
     settings = TrainSettings(
-        weights=args.weights, head_epochs=args.head_epochs, fine_tune_epochs=args.fine_tune_epochs, patience=epochs + 1
+        weights=args.weights, head_epochs=args.head_epochs, fine_tune_epochs=args.fine_tune_epochs, patience=epochs + 1,
+        fine_tune_from=args.fine_tune_from,
     )
     crop_started = time.perf_counter()
     crops_dir, crops = celebrity_crops(args.image_size)
