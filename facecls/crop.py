@@ -15,6 +15,7 @@ Per photo status:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -35,7 +36,7 @@ from facecls import images
 from facecls.config import CropSettings, DetectSettings, IngestSettings, settings_to_dict
 from facecls.detect import Detection, FaceDetector, limit_tensorflow_threads
 from facecls.errors import FaceclsError
-from facecls.manifest import field_names, output_lock, read_csv, read_json, write_csv, write_json
+from facecls.manifest import atomic_write_bytes, field_names, output_lock, read_csv, read_json, write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -666,11 +667,6 @@ def write_contact_sheets(out_dir: Path, photos: list[PhotoRecord], crops: list[C
         draw = ImageDraw.Draw(sheet)
         for number, text in enumerate(text_lines):
             draw.text((4, rows * thumb + 4 + number * line), text, fill="black")
-        buffer_path = out_dir / SHEETS_FOLDER / f"{_UNSAFE.sub('_', person)}.png"
-        import io
-
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
-        from facecls.manifest import atomic_write_bytes
-
-        atomic_write_bytes(buffer_path, buffer.getvalue())
+        atomic_write_bytes(out_dir / SHEETS_FOLDER / f"{_UNSAFE.sub('_', person)}.png", buffer.getvalue())

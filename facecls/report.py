@@ -437,10 +437,14 @@ def write_run_report(run_dir: Path) -> Path:
         + (f"<span>{accuracy}</span>" if accuracy else "")
         + "</p>"
     )
-    page = _page(f"facecls run {run_dir.name}", header, sections)
+    return _write_page(run_dir, f"facecls run {run_dir.name}", header, sections, thumbnails)
+
+
+def _write_page(folder: Path, title: str, header: str, sections, thumbnails) -> Path:
+    """Write the thumbnails, then ``folder/report.html`` pointing at them."""
     thumbnails.write()
-    page = thumbnails.resolve(page)
-    path = run_dir / REPORT_NAME
+    page = thumbnails.resolve(_page(title, header, sections))
+    path = folder / REPORT_NAME
     atomic_write_text(path, page)
     logger.info("Wrote %s", path)
     return path
@@ -815,13 +819,7 @@ def write_classify_report(out_dir: Path) -> Path:
         f'<span data-summary="faces">{len(faces)} faces</span><span>{len(no_face)} without a face</span>'
         f"<span>{len(unreadable)} unreadable</span></p>"
     )
-    page = _page(f"facecls classify {out_dir.name}", header, sections)
-    thumbnails.write()
-    page = thumbnails.resolve(page)
-    path = out_dir / REPORT_NAME
-    atomic_write_text(path, page)
-    logger.info("Wrote %s", path)
-    return path
+    return _write_page(out_dir, f"facecls classify {out_dir.name}", header, sections, thumbnails)
 
 
 def _classify_summary(summary, labels, faces, no_face, unreadable, rows) -> str:

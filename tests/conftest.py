@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,14 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 def folder_snapshot():
     """The ``snapshot`` function, for tests that check a stage left its input untouched."""
     return snapshot
+
+
+@pytest.fixture
+def two_person_scrape(data_dir: Path, tmp_path: Path) -> Path:
+    """A small scrape in tmp_path: two real photos each of two people from 5-celebrity val."""
+    folder = tmp_path / "scrape"
+    for person in ("jerry_seinfeld", "mindy_kaling"):
+        (folder / person).mkdir(parents=True)
+        for photo in sorted((data_dir / "5-celebrity-faces" / "val" / person).iterdir())[:2]:
+            shutil.copy2(photo, folder / person / photo.name)
+    return folder

@@ -13,15 +13,10 @@ from facecls.errors import FaceclsError
 
 
 @pytest.fixture
-def scrape(data_dir, tmp_path):
+def scrape(two_person_scrape, data_dir):
     """Two people, two real photos each, and a truncated file."""
-    folder = tmp_path / "scrape"
-    for person in ("jerry_seinfeld", "mindy_kaling"):
-        (folder / person).mkdir(parents=True)
-        for photo in sorted((data_dir / "5-celebrity-faces" / "val" / person).iterdir())[:2]:
-            shutil.copy2(photo, folder / person / photo.name)
-    shutil.copy2(data_dir / "hard-cases" / "corrupt" / "truncated.jpg", folder / "mindy_kaling")
-    return folder
+    shutil.copy2(data_dir / "hard-cases" / "corrupt" / "truncated.jpg", two_person_scrape / "mindy_kaling")
+    return two_person_scrape
 
 
 def one_line_error(capsys) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -13,13 +12,8 @@ from facecls.cli import main
 
 
 @pytest.fixture
-def scrape(data_dir, tmp_path):
-    folder = tmp_path / "scrape"
-    for person in ("jerry_seinfeld", "mindy_kaling"):
-        (folder / person).mkdir(parents=True)
-        for photo in sorted((data_dir / "5-celebrity-faces" / "val" / person).iterdir())[:2]:
-            shutil.copy2(photo, folder / person / photo.name)
-    return folder
+def scrape(two_person_scrape):
+    return two_person_scrape
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
