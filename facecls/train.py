@@ -121,21 +121,20 @@ def _read_views(
     return pixels
 
 
-class _EpochProgress(keras.callbacks.Callback):
+class _EpochProgress:
     """Log each epoch and show a tqdm bar on stderr (library code never prints)."""
 
     def __init__(self, phase: str, epochs: int):
-        super().__init__()
         self.phase = phase
         self.bar = tqdm(total=epochs, desc=phase, unit="epoch", leave=False)
 
-    def on_epoch_end(self, epoch, logs=None):
-        summary = {key: round(float(value), 4) for key, value in (logs or {}).items()}
+    def update(self, epoch: int, logs: dict[str, float]) -> None:
+        summary = {key: round(value, 4) for key, value in logs.items()}
         logger.info("%s epoch %d: %s", self.phase, epoch + 1, summary)
         self.bar.set_postfix(summary, refresh=False)
         self.bar.update(1)
 
-    def on_train_end(self, logs=None):
+    def close(self) -> None:
         self.bar.close()
 
 
@@ -148,33 +147,91 @@ def _fit(
     val: tuple[np.ndarray, np.ndarray] | None,
     settings: TrainSettings,
 ) -> dict[str, list[float]]:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    monitor = "val_loss" if val is not None else "loss"
-    stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=settings.patience, restore_best_weights=True)
+    """Adam on weighted cross-entropy, early stopping on val loss, best weights restored.
+
+    What ``model.fit`` with ``EarlyStopping(restore_best_weights=True)`` does, as one compiled
+    train step over arrays already in memory: on the cached tensors an epoch is a few
+    milliseconds of work per batch, and fit's per-epoch machinery (data adapter, callbacks,
+    metric objects) cost as much again (fine-tune phase on 5-celebrity: 0.32 vs 0.19 s/epoch).
+    """
+    import tensorflow as tf
+
+    optimizer = keras.optimizers.Adam(learning_rate)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy()
+    variables = model.trainable_variables
+    optimizer.build(variables)  # creating its slots inside the step would trace the step twice
+    # One trace for every batch size (the last batch of an epoch is smaller): tracing the
+    # gradient of the fine-tuned layers takes about a second.
+    input_spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    target_spec = tf.TensorSpec((None,), tf.int64)
+
+    @tf.function(input_signature=[input_spec, target_spec, tf.TensorSpec((None,), tf.float32)])
+    def train_step(inputs, targets, weights):
+        with tf.GradientTape() as tape:
+            probabilities = model(inputs, training=True)
+            loss = cross_entropy(targets, probabilities, sample_weight=weights)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, axis=1), targets), tf.float32))
+        return loss, correct
+
+    @tf.function(input_signature=[input_spec, target_spec])
+    def val_step(inputs, targets):
+        probabilities = tf.clip_by_value(model(inputs, training=False), 1e-7, 1.0)
+        picked = tf.gather(probabilities, targets, axis=1, batch_dims=1)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, axis=1), targets), tf.float32))
+        return tf.reduce_sum(-tf.math.log(picked)), correct
+
     inputs, targets, weights = train
-    history = model.fit(
-        inputs,
-        targets,
-        sample_weight=weights,
-        validation_data=val,
-        epochs=epochs,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        callbacks=[stopping, _EpochProgress(phase, epochs)],
-        verbose=0,
-    )
-    return {key: [float(value) for value in values] for key, values in history.history.items()}
+    count = len(targets)
+    generator = np.random.default_rng(settings.seed)
+    batch_size = settings.batch_size
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    if val is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    monitor = "val_loss" if val is not None else "loss"
+    best_loss, best_values, waited = np.inf, None, 0
+    progress = _EpochProgress(phase, epochs)
+    try:
+        for epoch in range(epochs):
+            order = generator.permutation(count)
+            loss_sum = correct_sum = 0.0
+            for start in range(0, count, batch_size):
+                rows = order[start : start + batch_size]
+                loss, correct = train_step(inputs[rows], targets[rows], weights[rows])
+                loss_sum += float(loss) * len(rows)
+                correct_sum += float(correct)
+            logs = {"loss": loss_sum / count, "accuracy": correct_sum / count}
+            if val is not None:
+                val_inputs, val_targets = val
+                val_loss = val_correct = 0.0
+                for start in range(0, len(val_targets), 64):
+                    loss, correct = val_step(val_inputs[start : start + 64], val_targets[start : start + 64])
+                    val_loss += float(loss)
+                    val_correct += float(correct)
+                logs.update(val_loss=val_loss / len(val_targets), val_accuracy=val_correct / len(val_targets))
+            for key, value in logs.items():
+                history[key].append(value)
+            progress.update(epoch, logs)
+            if logs[monitor] < best_loss:
+                best_loss, best_values, waited = logs[monitor], [variable.numpy() for variable in variables], 0
+            else:
+                waited += 1
+                if waited >= settings.patience:
+                    logger.info("%s: %s did not improve for %d epochs; stopping", phase, monitor, waited)
+                    break
+    finally:
+        progress.close()
+    if best_values is not None:
+        for variable, value in zip(variables, best_values):
+            variable.assign(value)
+    return history
 
 
-def _loss_and_accuracy(probabilities: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
-    picked = np.clip(probabilities[np.arange(len(targets)), targets], 1e-7, 1.0)
-    loss = float(np.mean(-np.log(picked)))
-    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == targets))
-    return loss, accuracy
+def _best_val(history: dict[str, list[float]]) -> tuple[float, float]:
+    """Val loss and accuracy of the epoch whose weights ``_fit`` kept (the first lowest val loss)."""
+    losses = np.array(history["val_loss"], dtype=np.float64)
+    best = int(np.argmin(np.where(np.isnan(losses), np.inf, losses)))
+    return float(losses[best]), float(history["val_accuracy"][best])
 
 
 def training_curves_png(history: dict[str, dict[str, list[float]]]) -> bytes:
@@ -295,7 +352,7 @@ def train_model(
         fine_tune_kept = False
         val_loss = val_accuracy = None
         if has_val:
-            val_loss, val_accuracy = _loss_and_accuracy(predict_batched(parts.top, cut[val_rows], 64), val_targets)
+            val_loss, val_accuracy = _best_val(history["head"])
         if fine_tune:
             phase_started = time.perf_counter()
             head_weights = parts.top.get_weights()
@@ -312,9 +369,7 @@ def train_model(
             )
             fine_tune_kept = True
             if has_val:
-                tuned_loss, tuned_accuracy = _loss_and_accuracy(
-                    predict_batched(parts.top, cut[val_rows], 64), val_targets
-                )
+                tuned_loss, tuned_accuracy = _best_val(history["fine_tune"])
                 if tuned_loss < val_loss:
                     val_loss, val_accuracy = tuned_loss, tuned_accuracy
                 else:

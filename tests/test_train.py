@@ -116,3 +116,47 @@ def test_bad_inputs_fail_before_any_training(crops, tmp_path):
     with pytest.raises(FaceclsError, match="crops must be 128x128.*Received: 96x96"):
         train_model(items, crops_dir, settings(), tmp_path / "model", CropSettings(image_size=128), DETECT)
     assert not (tmp_path / "model").exists()
+
+
+def _tiny_model() -> keras.Model:
+    inputs = keras.Input(shape=(4,))
+    return keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+
+
+def test_fit_stops_early_and_restores_the_weights_of_the_best_val_epoch():
+    from facecls.train import _fit
+
+    keras.utils.set_random_seed(0)
+    generator = np.random.default_rng(0)
+    inputs = generator.standard_normal((64, 4)).astype(np.float32)
+    targets = (inputs[:, 0] > 0).astype(np.int64)
+    # Val labels are the opposite rule: the better the model learns train, the worse val gets.
+    val = (inputs[:16], 1 - targets[:16])
+    model = _tiny_model()
+    history = _fit(model, "head", 0.05, 50, (inputs, targets, np.ones(64, np.float32)), val, settings(patience=3))
+
+    losses = history["val_loss"]
+    best = int(np.argmin(losses))
+    assert len(losses) == best + 1 + 3 < 50  # stopped after 3 epochs without improvement
+    assert history["loss"][-1] < history["loss"][0]  # it was learning the training rule
+    probabilities = np.asarray(model(val[0]))
+    restored_loss = float(np.mean(-np.log(np.clip(probabilities[np.arange(16), val[1]], 1e-7, 1))))
+    assert restored_loss == pytest.approx(losses[best], rel=1e-4)
+
+
+def test_fit_sample_weights_steer_the_loss():
+    from facecls.train import _fit
+
+    inputs = np.tile(np.eye(4, dtype=np.float32), (8, 1))
+    targets = np.tile(np.array([0, 1, 0, 1], dtype=np.int64), 8)
+    # Rows 2 and 3 carry the opposite labels with 10x the weight: the model must follow them.
+    flipped_targets = targets.copy()
+    flipped_targets[2::4] = 1
+    flipped_targets[3::4] = 0
+    all_targets = np.concatenate([targets, flipped_targets])
+    weights = np.concatenate([np.ones(32, np.float32), np.full(32, 10.0, np.float32)])
+    keras.utils.set_random_seed(0)
+    model = _tiny_model()
+    _fit(model, "head", 0.05, 60, (np.concatenate([inputs, inputs]), all_targets, weights), None, settings(patience=60))
+    predicted = np.asarray(model(np.eye(4, dtype=np.float32))).argmax(axis=1)
+    assert predicted.tolist() == [0, 1, 1, 0]
