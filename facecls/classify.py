@@ -2,8 +2,10 @@
 
 ``Classifier`` loads a model dir once and classifies arrays or files: faces are found and
 cropped by the crop stage's ``FaceCropper`` with the detect/crop settings stored in the model
-dir (every face, not only the largest), in worker processes, and the crops of many photos go
-through one compiled two-output model (pooled features + probabilities) in fixed-size batches.
+dir (every face, not only the largest), in worker processes, and each worker runs the crops of
+a chunk of photos through one compiled two-output model (pooled features + probabilities), so
+crops never travel between processes and the driving process needs no TensorFlow: two
+TensorFlow processes on two cores instead of three.
 
 Labels: the most probable person, or ``unknown`` when the face's score is under the
 threshold. With an open-set model in the model dir (``facecls.openset``) the score is the
@@ -42,7 +44,6 @@ from tqdm import tqdm
 
 from facecls import images
 from facecls.crop import FaceCropper, PhotoFaces, default_workers
-from facecls.detect import limit_tensorflow_threads
 from facecls.errors import FaceclsError
 from facecls.manifest import output_lock, read_json, sha256_file, write_json
 
@@ -123,6 +124,82 @@ class ClassifyResult:
     photos_per_second: float  # of this run
 
 
+@dataclass(frozen=True)
+class FaceOutputs:
+    """The model's outputs for the classified faces of one photo (its crops already dropped)."""
+
+    photo: PhotoFaces
+    features: np.ndarray  # [faces, F] pooled features, the open-set model's input
+    probabilities: np.ndarray  # [faces, C] softmax over the model's labels
+
+
+class FaceModel:
+    """A model dir's network run on the crops of a chunk of photos, in one batched call.
+
+    Loads itself on first use, so a copy pickled into each detector worker process loads
+    there: the crops are classified where they were cut and never cross between processes,
+    and the process driving the workers needs no TensorFlow at all.
+    """
+
+    def __init__(self, model_dir: Path, batch_size: int = DEFAULT_BATCH_SIZE):
+        self.model_dir = Path(model_dir)
+        self.batch_size = batch_size
+        self._model = None
+        self._call = None
+
+    def __getstate__(self) -> dict:
+        return {"model_dir": self.model_dir, "batch_size": self.batch_size, "_model": None, "_call": None}
+
+    def load(self):
+        """Load (once) and check the model dir; returns the two-output Keras model.
+
+        Raises:
+            ModelDirError: the model file is missing, cannot be loaded safely, or disagrees
+                with facecls.json.
+        """
+        import tensorflow as tf
+
+        from facecls.model import build_feature_and_probability_model
+        from facecls.modeldir import load_model_dir
+
+        if self._model is None:
+            model = build_feature_and_probability_model(load_model_dir(self.model_dir).model)
+            # One trace for every number of faces (a chunk of photos holds any number).
+            signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
+            self._call = tf.function(lambda crops: model(crops, training=False), input_signature=signature)
+            self._model = model
+        return self._model
+
+    def outputs(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features [N, F], probabilities [N, C]) of RGB crops [N, size, size, 3] in [0, 255]."""
+        model = self.load()
+        crops = np.asarray(crops, dtype=np.float32)
+        expected = tuple(model.input_shape[1:])
+        if crops.ndim != 4 or crops.shape[1:] != expected:
+            raise FaceclsError(f"crops must have shape (N, {', '.join(map(str, expected))}). Received: {crops.shape}")
+        features, probabilities = [], []
+        for start in range(0, len(crops), self.batch_size):
+            batch_features, batch_probabilities = self._call(crops[start : start + self.batch_size])
+            features.append(batch_features.numpy())
+            probabilities.append(batch_probabilities.numpy())
+        if not features:
+            return (np.zeros((0, int(model.output[0].shape[-1])), np.float32),
+                    np.zeros((0, int(model.output[1].shape[-1])), np.float32))
+        return np.concatenate(features), np.concatenate(probabilities)
+
+    def __call__(self, photos: list[PhotoFaces]) -> list[FaceOutputs]:
+        crops = [crop for photo in photos for crop in photo.crops]
+        size = self.load().input_shape[1]
+        features, probabilities = self.outputs(np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32))
+        results, start = [], 0
+        for photo in photos:
+            end = start + len(photo.crops)
+            bare = dataclasses.replace(photo, crops=(), other_crops=())
+            results.append(FaceOutputs(bare, features[start:end], probabilities[start:end]))
+            start = end
+        return results
+
+
 class Classifier:
     """A model dir loaded once: classifies photo arrays and files, face by face.
 
@@ -132,11 +209,13 @@ class Classifier:
         model_dir: a model dir written by the train stage.
         unknown_threshold: overrides the model dir's calibrated threshold; None keeps it.
         workers: face-detection processes for ``classify_paths`` (1: in this process; None: one per
-            core). With more than one, TensorFlow here is limited to one thread if it has not started yet.
+            core). With more than one, each worker also runs the model on the faces it found,
+            and this process loads the model only if ``classify_array``/``classify_path`` are used.
         batch_size: faces per call of the classification model.
 
     Raises:
-        ModelDirError: the model dir is missing, incomplete or inconsistent.
+        ModelDirError: the model dir is missing, incomplete or inconsistent (with more than one
+            worker, a model file that cannot be loaded is reported by the first ``classify_paths``).
         FaceclsError: a threshold outside [0, 1].
     """
 
@@ -147,8 +226,8 @@ class Classifier:
         workers: int | None = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
-        from facecls.model import build_feature_and_probability_model
-        from facecls.modeldir import load_model_dir
+        from facecls.modeldir import MODEL_FILE, read_model_info
+        from facecls.errors import ModelDirError
         from facecls.openset import load_open_set
 
         if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
@@ -156,15 +235,11 @@ class Classifier:
         if batch_size < 1:
             raise FaceclsError(f"batch_size must be at least 1. Received: {batch_size}")
         workers = default_workers() if workers is None else max(1, workers)
-        if workers > 1:
-            # The detector processes own the cores; TensorFlow's own thread pool here would spin
-            # on them between batches (measured: 1 thread gives 1.5x the photos/s on 2 cores).
-            # A no-op when TensorFlow already runs in this process.
-            limit_tensorflow_threads(1)
-        loaded = load_model_dir(Path(model_dir))
         self.model_dir = Path(model_dir)
-        self.info = loaded.info
-        self.labels: tuple[str, ...] = loaded.labels
+        self.info = read_model_info(self.model_dir)
+        if not (self.model_dir / MODEL_FILE).is_file():
+            raise ModelDirError(f"{self.model_dir} is not a complete model dir: {MODEL_FILE} is missing. Retrain.")
+        self.labels: tuple[str, ...] = self.info.labels
         clashing = [label for label in self.labels if label in (UNKNOWN, NO_FACE, UNREADABLE)]
         if clashing:
             raise FaceclsError(
@@ -173,8 +248,6 @@ class Classifier:
             )
         self.open_set = load_open_set(self.model_dir, self.labels)
         if self.open_set is None and self.info.unknown_threshold is not None:
-            from facecls.errors import ModelDirError
-
             raise ModelDirError(
                 f"{self.model_dir}: facecls.json has an unknown_threshold but the open-set file is missing; "
                 "the folder was modified. Recalibrate or retrain."
@@ -182,9 +255,11 @@ class Classifier:
         self.unknown_threshold = self.info.unknown_threshold if unknown_threshold is None else float(unknown_threshold)
         self.score_name = "centroid_cosine" if self.open_set is not None else "probability"
         self.batch_size = batch_size
-        self._model = build_feature_and_probability_model(loaded.model)
+        self.face_model = FaceModel(self.model_dir, batch_size)
+        if workers == 1:
+            self.face_model.load()  # in this process: a bad model file fails here, not at the first photo
         crop_settings = dataclasses.replace(self.info.crop_settings, face_policy="all")
-        self.cropper = FaceCropper(self.info.detect_settings, crop_settings, workers=workers)
+        self.cropper = FaceCropper(self.info.detect_settings, crop_settings, workers=workers, after=self.face_model)
 
     def __enter__(self) -> "Classifier":
         return self
@@ -207,62 +282,61 @@ class Classifier:
                 digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()[:16]
 
-    def predict_crops(self, crops: np.ndarray) -> list[tuple[str, float, int, np.ndarray]]:
-        """(label, score, best index, probabilities) for each RGB crop of the model's input size."""
-        from facecls.model import predict_batched
-
-        crops = np.asarray(crops)
-        if len(crops) == 0:
-            return []
-        features, probabilities = predict_batched(self._model, crops.astype(np.float32), self.batch_size)
+    def label_outputs(self, features: np.ndarray, probabilities: np.ndarray) -> list[tuple[str, float, int]]:
+        """(label, score, index of the most probable person) for each face's model outputs."""
         probabilities = np.asarray(probabilities)
+        if len(probabilities) == 0:
+            return []
         best = np.argmax(probabilities, axis=1)
         if self.open_set is not None:
             scores = self.open_set.scores(np.asarray(features), probabilities)
         else:
             scores = probabilities[np.arange(len(best)), best]
         results = []
-        for index in range(len(crops)):
+        for index in range(len(best)):
             score = float(scores[index])
             unknown = self.unknown_threshold is not None and score < self.unknown_threshold
-            label = UNKNOWN if unknown else self.labels[best[index]]
-            results.append((label, score, int(best[index]), probabilities[index]))
+            results.append((UNKNOWN if unknown else self.labels[best[index]], score, int(best[index])))
         return results
 
-    def _predictions(self, photos: Sequence[PhotoFaces]) -> list[PhotoPrediction]:
-        crops = [crop for photo in photos for crop in photo.crops]
-        predicted = iter(self.predict_crops(np.stack(crops)) if crops else [])
-        results = []
-        for photo in photos:
-            faces = []
-            for number, (index, _) in enumerate(zip(photo.chosen, photo.crops)):
-                label, score, best, probabilities = next(predicted)
-                detection = photo.detections[index]
-                faces.append(
-                    FacePrediction(
-                        face=number,
-                        label=label,
-                        score=round(score, 5),
-                        best_match=self.labels[best],
-                        probability=round(float(probabilities[best]), 5),
-                        x=round(detection.x, 1),
-                        y=round(detection.y, 1),
-                        width=round(detection.width, 1),
-                        height=round(detection.height, 1),
-                        confidence=round(detection.confidence, 5),
-                        probabilities={
-                            name: round(float(value), 5) for name, value in zip(self.labels, probabilities)
-                        },
-                    )
+    def predict_crops(self, crops: np.ndarray) -> list[tuple[str, float, int, np.ndarray]]:
+        """(label, score, best index, probabilities) for each RGB crop of the model's input size."""
+        crops = np.asarray(crops)
+        if len(crops) == 0:
+            return []
+        features, probabilities = self.face_model.outputs(crops)
+        labelled = self.label_outputs(features, probabilities)
+        return [(label, score, best, probabilities[index]) for index, (label, score, best) in enumerate(labelled)]
+
+    def _prediction(self, outputs: FaceOutputs) -> PhotoPrediction:
+        photo = outputs.photo
+        faces = []
+        labelled = self.label_outputs(outputs.features, outputs.probabilities)
+        for number, (index, (label, score, best)) in enumerate(zip(photo.chosen, labelled)):
+            probabilities = outputs.probabilities[number]
+            detection = photo.detections[index]
+            faces.append(
+                FacePrediction(
+                    face=number,
+                    label=label,
+                    score=round(score, 5),
+                    best_match=self.labels[best],
+                    probability=round(float(probabilities[best]), 5),
+                    x=round(detection.x, 1),
+                    y=round(detection.y, 1),
+                    width=round(detection.width, 1),
+                    height=round(detection.height, 1),
+                    confidence=round(detection.confidence, 5),
+                    probabilities={name: round(float(value), 5) for name, value in zip(self.labels, probabilities)},
                 )
-            if photo.status == UNREADABLE:
-                status, reason = UNREADABLE, photo.reason
-            elif faces:
-                status, reason = "ok", ""
-            else:
-                status, reason = NO_FACE, photo.reason or "no face found"
-            results.append(PhotoPrediction(photo.path, status, reason, photo.width, photo.height, tuple(faces)))
-        return results
+            )
+        if photo.status == UNREADABLE:
+            status, reason = UNREADABLE, photo.reason
+        elif faces:
+            status, reason = "ok", ""
+        else:
+            status, reason = NO_FACE, photo.reason or "no face found"
+        return PhotoPrediction(photo.path, status, reason, photo.width, photo.height, tuple(faces))
 
     def classify_array(self, pixels: np.ndarray, name: str = "<array>") -> list[FacePrediction]:
         """The faces of one decoded photo (RGB uint8, H x W x 3), largest first; [] when none."""
@@ -272,7 +346,8 @@ class Classifier:
                 f"pixels must be an RGB uint8 array of shape (H, W, 3). Received: {pixels.dtype} {pixels.shape}. "
                 "Decode files with facecls.images.decode_image or use classify_path."
             )
-        return list(self._predictions([self.cropper.faces_in_array(pixels, name)])[0].faces)
+        outputs = self.face_model([self.cropper.faces_in_array(pixels, name)])[0]
+        return list(self._prediction(outputs).faces)
 
     def classify_path(self, path: Path) -> PhotoPrediction:
         """One photo file, decoded by content and EXIF-oriented, in this process.
@@ -281,25 +356,17 @@ class Classifier:
             ImageDecodeError: the file cannot be decoded (not an image, corrupt, too large).
         """
         decoded = images.decode_image(Path(path), max_pixels=self.cropper.max_pixels)
-        faces = self.cropper.faces_in_array(decoded.pixels, str(path))
-        return self._predictions([faces])[0]
+        return self._prediction(self.face_model([self.cropper.faces_in_array(decoded.pixels, str(path))])[0])
 
     def classify_paths(self, paths: Iterable[str | Path]) -> Iterator[PhotoPrediction]:
         """Every file in input order; unreadable files come back with status ``unreadable``.
 
-        Files are decoded and detected in the worker processes while the faces of earlier
-        photos are classified here; memory stays flat however many files there are.
+        Files are decoded, detected, cropped and run through the model in the worker
+        processes, a chunk of photos per model call; memory stays flat however many files
+        there are.
         """
-        waiting: list[PhotoFaces] = []
-        waiting_faces = 0
-        for photo in self.cropper.faces_in_files(paths):
-            waiting.append(photo)
-            waiting_faces += len(photo.crops)
-            if waiting_faces >= self.batch_size or len(waiting) >= 4 * self.batch_size:
-                yield from self._predictions(waiting)
-                waiting, waiting_faces = [], 0
-        if waiting:
-            yield from self._predictions(waiting)
+        for outputs in self.cropper.faces_in_files(paths):
+            yield self._prediction(outputs)
 
 
 # ---------------------------------------------------------------- the batch stage

@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -300,6 +300,7 @@ def _faces_in_files(
 _worker_detector: FaceDetector | None = None
 _worker_crop_settings: CropSettings | None = None
 _worker_max_pixels: int = 0
+_worker_after: Callable[[list[PhotoFaces]], list] | None = None
 
 
 def _import_tensorflow_quietly() -> None:
@@ -315,8 +316,13 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def _worker_start(detect_settings: DetectSettings, crop_settings: CropSettings, max_pixels: int) -> None:
-    global _worker_detector, _worker_crop_settings, _worker_max_pixels
+def _worker_start(
+    detect_settings: DetectSettings,
+    crop_settings: CropSettings,
+    max_pixels: int,
+    after: Callable[[list[PhotoFaces]], list] | None,
+) -> None:
+    global _worker_detector, _worker_crop_settings, _worker_max_pixels, _worker_after
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _import_tensorflow_quietly()
     # One core per worker process: MTCNN does not scale across threads, but across processes.
@@ -324,11 +330,13 @@ def _worker_start(detect_settings: DetectSettings, crop_settings: CropSettings, 
     _worker_detector = FaceDetector(detect_settings)
     _worker_crop_settings = crop_settings
     _worker_max_pixels = max_pixels
+    _worker_after = after
 
 
-def _worker_run(paths: list[str]) -> list[PhotoFaces]:
+def _worker_run(paths: list[str]) -> list:
     assert _worker_detector is not None and _worker_crop_settings is not None
-    return _faces_in_files(_worker_detector, paths, _worker_crop_settings, _worker_max_pixels)
+    found = _faces_in_files(_worker_detector, paths, _worker_crop_settings, _worker_max_pixels)
+    return found if _worker_after is None else _worker_after(found)
 
 
 def default_workers() -> int:
@@ -341,6 +349,11 @@ class FaceCropper:
     With ``workers`` > 1, files are decoded, detected and cropped in that many processes (each
     with one MTCNN on one core), which is how MTCNN uses more than one core. Use as a context
     manager so the worker processes are shut down.
+
+    ``after``, if given, is applied to each chunk of results where they were found (in the
+    worker process) and ``faces_in_files`` yields what it returns, one item per photo: classify
+    runs its model there, so crops never travel between processes and the driving process
+    needs no TensorFlow. It must be picklable; each worker gets its own copy.
     """
 
     def __init__(
@@ -349,11 +362,13 @@ class FaceCropper:
         crop_settings: CropSettings = CropSettings(),
         workers: int | None = None,
         max_megapixels: float = IngestSettings().max_megapixels,
+        after: Callable[[list[PhotoFaces]], list] | None = None,
     ):
         self.detect_settings = detect_settings
         self.crop_settings = crop_settings
         self.workers = default_workers() if workers is None else max(1, workers)
         self.max_pixels = int(max_megapixels * 1e6)
+        self.after = after
         self._detector: FaceDetector | None = None
         self._pool: ProcessPoolExecutor | None = None
 
@@ -378,20 +393,22 @@ class FaceCropper:
         """Faces of one decoded RGB uint8 photo, in this process."""
         return faces_in_pixels(self.detector, [(name, pixels)], self.crop_settings)[0]
 
-    def faces_in_files(self, paths: Iterable[str | Path], chunk_size: int | None = None) -> Iterator[PhotoFaces]:
-        """Faces of each file, in input order; memory stays flat however many files there are."""
+    def faces_in_files(self, paths: Iterable[str | Path], chunk_size: int | None = None) -> Iterator:
+        """Faces of each file (or what ``after`` made of them), in input order; memory stays flat
+        however many files there are."""
         chunk_size = chunk_size or 2 * self.detect_settings.batch_size  # more photos per task: more share a bucket
         chunks = _chunks((str(path) for path in paths), chunk_size)
         if self.workers == 1:
             for chunk in chunks:
-                yield from _faces_in_files(self.detector, chunk, self.crop_settings, self.max_pixels)
+                found = _faces_in_files(self.detector, chunk, self.crop_settings, self.max_pixels)
+                yield from (found if self.after is None else self.after(found))
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_start,
-                initargs=(self.detect_settings, self.crop_settings, self.max_pixels),
+                initargs=(self.detect_settings, self.crop_settings, self.max_pixels, self.after),
             )
         pending: deque = deque()
         try:

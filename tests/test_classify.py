@@ -300,6 +300,34 @@ def test_python_api_classifies_arrays_and_paths(classifier):
         classifier.classify_array(pixels[:, :, 0])
 
 
+def test_worker_processes_run_the_model_and_agree_with_this_process(model, classifier, tmp_path):
+    photos = small_set(tmp_path / "in")
+    paths = [photos[name] for name in sorted(photos)]
+    with Classifier(model[0], workers=2) as parallel:
+        assert parallel.face_model._model is None  # this process never loaded the model
+        in_workers = list(parallel.classify_paths(paths))
+        assert parallel.face_model._model is None
+    in_process = list(classifier.classify_paths(paths))
+    assert [photo.status for photo in in_workers] == [photo.status for photo in in_process]
+    for mine, theirs in zip(in_workers, in_process):
+        assert [face.label for face in mine.faces] == [face.label for face in theirs.faces]
+        assert [face.score for face in mine.faces] == pytest.approx([face.score for face in theirs.faces], abs=1e-4)
+
+
+def test_a_model_file_that_cannot_be_loaded_fails_with_one_line_in_either_mode(model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(model[0], broken)
+    (broken / "model.keras").write_bytes((broken / "model.keras").read_bytes()[:5000])
+    photos = small_set(tmp_path / "in")
+    with pytest.raises(ModelDirError, match="model.keras cannot be loaded") as caught:
+        Classifier(broken)
+    assert "\n" not in str(caught.value)
+    with Classifier(broken, workers=2) as parallel:  # the workers load it: the first photos report it
+        with pytest.raises(ModelDirError, match="model.keras cannot be loaded") as caught:
+            list(parallel.classify_paths(photos.values()))
+    assert "\n" not in str(caught.value)
+
+
 def test_threshold_override_and_a_model_dir_without_open_set(model, tmp_path):
     from classify_model import val_photos
 

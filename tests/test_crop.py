@@ -113,6 +113,24 @@ def celebrity_plain_largest(celebrity_files) -> list[tuple | None]:
     return largest
 
 
+def test_compiled_mtcnn_networks_find_exactly_what_eager_mtcnn_finds(celebrity_files):
+    from mtcnn import MTCNN
+
+    from facecls.detect import FaceDetector, _CompiledNetwork
+
+    compiled = FaceDetector(DETECT)._mtcnn
+    assert all(isinstance(stage._model, _CompiledNetwork) for stage in compiled.stages)
+    eager = MTCNN()
+    assert not any(isinstance(stage._model, _CompiledNetwork) for stage in eager.stages)
+    for path in celebrity_files[::12]:
+        pixels = decode_image(path).pixels
+        ours, theirs = compiled.detect_faces(pixels), eager.detect_faces(pixels)
+        assert len(ours) == len(theirs) >= 1, path
+        for mine, plain in zip(ours, theirs):
+            assert mine["box"] == plain["box"], path
+            assert mine["confidence"] == pytest.approx(plain["confidence"], abs=1e-5)
+
+
 def test_every_five_celebrity_photo_yields_one_square_crop(celebrity_files, celebrity_faces):
     assert len(celebrity_faces) == 118
     for faces in celebrity_faces:
