@@ -4,8 +4,10 @@ Builds a folder of real photos (the shared 5-celebrity val photos and hard cases
 distinct names) mixed with the generated hostile corpus of tests/corpus.py (zero-byte, truncated,
 bit-flipped, HTML as .jpg, decompression bombs, 1x1, 30000 px wide, CMYK, 16-bit, animated GIF,
 odd names, FIFOs, symlink loops, ...), runs ``python -m facecls classify`` on it in a subprocess
-and prints files/s, statuses by kind of file, and the peak memory of the whole process tree
-(the main process and its detector workers, RSS summed from /proc every 0.2 s).
+and prints files/s, statuses by kind of file, and the memory of the whole process tree (the main
+process and its detector workers, RSS and PSS summed from /proc every 0.2 s): the peak in each
+phase (start-up before the first row, each quarter of the rows, the end once every row is written:
+summary and report) and a timeline, so a peak can be told apart from growth.
 
     .venv/bin/python benchmarks/soak_classify.py --files 3000 [--model-dir DIR] [--workers 2]
 
@@ -100,6 +102,33 @@ def _lines(path: Path) -> int:
         return 0
 
 
+PHASES = ("start-up", "rows 1/4", "rows 2/4", "rows 3/4", "rows 4/4", "end")
+
+
+def _phase(out: Path, rows: int, files: int) -> str:
+    """Where classify is: before its first row, in a quarter of the rows, or past the last row
+    (classify.json says finished: the summary and the report are being written)."""
+    try:
+        finished = json.loads((out / "classify.json").read_text()).get("state") == "finished"
+    except (OSError, ValueError, AttributeError):
+        finished = False
+    if finished:
+        return "end"
+    if rows <= 1:  # the header alone
+        return "start-up"
+    return PHASES[1 + min(3, 4 * (rows - 1) // max(1, files))]
+
+
+def _thin(samples: list, count: int) -> list:
+    """About ``count`` samples spread over the run, each the highest PSS of its stretch, and the last."""
+    if len(samples) <= count:
+        return samples
+    step = len(samples) / count
+    picked = [max(samples[int(index * step) : int((index + 1) * step)], key=lambda sample: sample[3])
+              for index in range(count)]
+    return picked + [samples[-1]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=3000)
@@ -126,13 +155,16 @@ def main() -> int:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak_rss = peak_pss = 0
-        pss_by_quarter = [0, 0, 0, 0]  # peak PSS in each quarter of the files done: flat when bounded
+        # Peak PSS per phase: flat over the quarters when memory is bounded, and the end no higher.
+        pss_by_phase = dict.fromkeys(PHASES, 0)
+        timeline: list[tuple[float, str, int, int]] = []  # (seconds, phase, rows, PSS)
         while process.poll() is None:
             rss, pss = tree_memory_bytes(process.pid)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            done = _lines(out / "predictions.csv")
-            quarter = min(3, 4 * done // max(1, len(kinds)))
-            pss_by_quarter[quarter] = max(pss_by_quarter[quarter], pss)
+            rows = _lines(out / "predictions.csv")
+            phase = _phase(out, rows, len(kinds))
+            pss_by_phase[phase] = max(pss_by_phase[phase], pss)
+            timeline.append((time.perf_counter() - started, phase, rows, pss))
             time.sleep(0.2)
         seconds = time.perf_counter() - started
         stdout, stderr = process.communicate()
@@ -154,8 +186,11 @@ def main() -> int:
         print(f"wall time {seconds:.1f} s (TensorFlow start-up included): {len(kinds) / seconds:.2f} files/s; "
               f"classify's own rate {summary['photos_per_second']} photos/s")  # fmt: skip
         print(f"peak memory of the process tree (main + detector workers): PSS {peak_pss / 2**20:.0f} MiB, "
-              f"RSS {peak_rss / 2**20:.0f} MiB; peak PSS by quarter of the rows written: "
-              + " / ".join(f"{value / 2**20:.0f}" for value in pss_by_quarter) + " MiB")  # fmt: skip
+              f"RSS {peak_rss / 2**20:.0f} MiB")  # fmt: skip
+        print("peak PSS by phase: " + ", ".join(f"{phase} {value / 2**20:.0f}" for phase, value in pss_by_phase.items())
+              + " MiB")  # fmt: skip
+        print("PSS over time (s, phase, rows, MiB): " + "; ".join(
+            f"{at:.0f} {phase} {rows} {pss / 2**20:.0f}" for at, phase, rows, pss in _thin(timeline, 24)))  # fmt: skip
         print("statuses by kind:")
         for kind in sorted(statuses):
             print(f"  {kind:20s} " + ", ".join(f"{status} {count}" for status, count in sorted(statuses[kind].items())))
@@ -163,7 +198,9 @@ def main() -> int:
     finally:
         for batch in (work / "inputs").glob("batch_*"):
             restore_permissions(batch)
-        if not args.keep:
+        if args.keep:
+            print(f"kept {work} (inputs/, and out/ with predictions.csv and report.html)")
+        else:
             shutil.rmtree(work, ignore_errors=True)
 
 
