@@ -84,6 +84,11 @@ def stranger_photos(known: tuple[str, ...]) -> list[Path]:
 
 
 def open_set_report(model_dir: Path, crop_dir: Path, held_out, known: tuple[str, ...]) -> None:
+    """Known recall and stranger rejection of classify with the model dir's calibrated threshold.
+
+    The known faces are the val+test faces the threshold was calibrated on, re-detected and
+    cropped by classify (a face not found counts as a miss); the strangers were never seen.
+    """
     import numpy as np
 
     from facecls.classify import UNKNOWN, Classifier
@@ -93,32 +98,40 @@ def open_set_report(model_dir: Path, crop_dir: Path, held_out, known: tuple[str,
     scrape = DATA / "scraped-celebs-6"
     with Classifier(model_dir, workers=2) as classifier:
         known_paths = [scrape / boxes[item.crop_path].source_path for item in held_out]
-        kept = correct = 0
+        kept = correct = missing = 0
+        known_scores = []
         for item, photo in zip(held_out, classifier.classify_paths(known_paths)):
             record = boxes[item.crop_path]
             if not photo.faces:
+                missing += 1
                 continue
             # the face the crop stage chose for this person: the detection nearest its box
             face = min(photo.faces, key=lambda face: abs(face.x - record.x) + abs(face.y - record.y))
             kept += face.label != UNKNOWN
             correct += face.label == item.person
+            known_scores.append(face.score)
         strangers = stranger_photos(known)
-        stranger_faces = rejected = 0
+        by_source: dict[str, list[bool]] = {}
         scores = []
         for photo in classifier.classify_paths(strangers):
+            source = Path(photo.path).relative_to(DATA).parts[0]
             for face in photo.faces:
-                stranger_faces += 1
-                rejected += face.label == UNKNOWN
+                by_source.setdefault(source, []).append(face.label == UNKNOWN)
                 scores.append(face.score)
         threshold = classifier.unknown_threshold
+        # the score the open-set file holds (classify's score_name may lag behind a change of score)
+        score_name = str(classifier.open_set.to_arrays()["score"]) if classifier.open_set is not None else classifier.score_name
     count = len(held_out)
-    print(f"open set: model knows {', '.join(known)}; unknown_threshold {threshold:.3f} ({classifier.score_name})")
+    rejected = [value for values in by_source.values() for value in values]
+    print(f"open set: model knows {', '.join(known)}; unknown_threshold {threshold:.3f} ({score_name})")
     print(f"  known people, held-out photos: recall {kept / count:.3f} (not called unknown), "
-          f"accuracy {correct / count:.3f}  [{count} faces]")
-    print(f"  strangers ({len(strangers)} photos of other people): rejection {rejected / max(stranger_faces, 1):.3f} "
-          f"(called unknown)  [{stranger_faces} faces]")
-    if scores:
-        print(f"  stranger scores: median {np.median(scores):.3f}, 75th percentile {np.percentile(scores, 75):.3f}")
+          f"accuracy {correct / count:.3f}  [{count} faces, {missing} not found]")
+    print(f"  strangers ({len(strangers)} photos of other people): rejection {np.mean(rejected) if rejected else 0:.3f} "
+          f"(called unknown)  [{len(rejected)} faces]")
+    print("    " + ", ".join(f"{source} {np.mean(values):.3f} of {len(values)}" for source, values in sorted(by_source.items())))
+    if scores and known_scores:
+        print(f"  scores: known median {np.median(known_scores):.3f}, 5th percentile {np.percentile(known_scores, 5):.3f}; "
+              f"strangers median {np.median(scores):.3f}, 75th percentile {np.percentile(scores, 75):.3f}")
 
 
 def repeated(photos: list[Path], count: int, folder: Path) -> Path:
