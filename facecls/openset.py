@@ -7,7 +7,7 @@ the mean of their training crops (flips included), all sharing one within-person
 covariance, shrunk towards a sphere by the Ledoit-Wolf amount because a few hundred crops
 cannot pin down 1280 dimensions. The Mahalanobis distance under it discounts what varies
 between photos of one person (pose, light, expression) and stresses every other
-difference. Of the scores tried -- cosine to a centroid, nearest neighbours, whitened
+difference. Of the single scores tried -- cosine to a centroid, nearest neighbours, whitened
 cosine, softmax probability and margin, logits, a logistic regression against the
 scrape's other faces -- it rejected the most strangers at 95% recall.
 
