@@ -220,6 +220,66 @@ def test_a_file_deleted_mid_classify_is_unreadable_and_never_sorted(model, tmp_p
     assert result.photos == 3 and result.unreadable == 1 and result.sorted_files == 2
 
 
+def test_report_of_huge_photos_decodes_them_reduced_and_shows_the_same_faces(model, tmp_path):
+    """The classify report cuts thumbnails from photos of any size without holding one whole in RGB:
+    a JPEG 30000 pixels wide, and a face photo upscaled 12 times (an EXIF-rotated JPEG) and 8 times
+    (a PNG, which Pillow cannot decode reduced). tracemalloc sees numpy arrays, not Pillow's own
+    buffers: a full-size RGB array (54 MB for the wide photo; 107 MiB traced before) shows, 1 MiB now."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from corpus import file_cases
+    from facecls.images import decode_image, read_rgb, resize_longest_side, resize_square
+    from facecls.report import FACE_THUMB_MARGIN, FACE_THUMB_SIDE, write_report
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    face = Image.open(sorted((CELEBRITIES / "val" / "elton_john").iterdir())[0]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored on its side: shown rotated 90 degrees clockwise
+    upscaled = face.resize((face.width * 12, face.height * 12))
+    upscaled.rotate(90, expand=True).save(photos / "rotated.jpg", exif=exif.tobytes(), quality=92)
+    face.resize((face.width * 8, face.height * 8)).save(photos / "large.png")
+    (photos / "wide_30000.jpg").write_bytes(file_cases()["wide_30000.jpg"][1])
+    out = tmp_path / "out"
+    classify_module.classify(model[0], [photos], out, sort="none", workers=1)
+    rows = read_rows(out)
+    assert rows[str(photos / "wide_30000.jpg")][0]["status"] == "no_face"
+    shutil.rmtree(out / "report_files")
+
+    tracemalloc.start()
+    try:
+        write_report(out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB traced while writing the report"
+
+    def difference(thumbnail: Path, expected) -> float:
+        shown = read_rgb(thumbnail).astype(float)
+        assert shown.shape == expected.shape
+        return float(abs(shown - expected).mean())
+
+    for name in ("rotated.jpg", "large.png"):
+        faces = [row for row in rows[str(photos / name)] if row["label"]]
+        assert faces, rows[str(photos / name)]
+        full = decode_image(photos / name).pixels
+        height, width = full.shape[:2]
+        for row in faces:
+            x, y, w, h = (float(row[key]) for key in ("x", "y", "w", "h"))
+            side = min(max(w, h) * (1 + 2 * FACE_THUMB_MARGIN), width, height)
+            left = int(round(min(max(x + w / 2 - side / 2, 0), width - side)))
+            top = int(round(min(max(y + h / 2 - side / 2, 0), height - side)))
+            side = max(1, int(round(side)))
+            expected = resize_square(full[top : top + side, left : left + side], FACE_THUMB_SIDE)
+            thumbnail = out / "report_files" / "faces" / row["sha256"][:2] / f"{row['sha256'][:16]}-{row['face']}.jpg"
+            assert difference(thumbnail, expected) < 6, (name, row["face"])  # JPEG noise; a wrong cut is tens
+    [wide] = rows[str(photos / "wide_30000.jpg")]
+    expected = resize_longest_side(decode_image(photos / "wide_30000.jpg").pixels, 200)[0]
+    assert difference(out / "report_files" / "photos" / f"{wide['sha256'][:16]}.jpg", expected) < 6
+
+
 def test_crop_of_a_photo_deleted_after_ingest_is_unreadable_then_redone_once_back(tmp_path, capsys):
     if not SHARED.is_dir():
         pytest.skip(f"shared photos not found at {SHARED}")
