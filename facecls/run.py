@@ -11,7 +11,10 @@ Run folder layout::
     <run>/report.html, report_files/   the run on one page: funnel, faces, splits, curves, test results
 
 Rerunning with the same settings reuses finished work: crops are cached per photo, and
-training is skipped when the splits and training settings are unchanged.
+training is skipped when the splits and training settings are unchanged and the model dir is
+the one that training wrote. run.json records that as soon as the model is trained and
+calibrated (``state: trained``), so a run killed while evaluating or writing its report
+reuses the model; its ``state`` is ``finished`` once everything is done.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from facecls import modeldir
 from facecls.config import (
     CropSettings,
     CurateSettings,
@@ -32,7 +36,7 @@ from facecls.config import (
     settings_to_dict,
 )
 from facecls.errors import FaceclsError
-from facecls.manifest import output_lock, read_json, write_json
+from facecls.manifest import output_lock, read_json, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +81,6 @@ def _training_fingerprint(splits_manifest: Path, settings: RunSettings) -> str:
 def run(scrape: Path, run_dir: Path, settings: RunSettings = RunSettings(), model_dir: Path | None = None,
         workers: int | None = None) -> RunResult:
     """Chain every training stage over a scrape into ``run_dir``; returns a summary record."""
-    from facecls import modeldir
-
     started = time.perf_counter()
     scrape, run_dir = Path(scrape), Path(run_dir)
     model_dir = Path(model_dir) if model_dir else run_dir / "model"
@@ -95,13 +97,17 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     from facecls.ingest import ingest
 
     previous = _read_previous(run_dir / RUN_SUMMARY)
+    with output_lock(model_dir.parent):
+        # A save killed earlier left temporary siblings (or the old model dir retired): tidy them
+        # now, since a reused model dir is never saved again to do it.
+        modeldir.remove_stale_temporaries(model_dir)
     ingested = ingest(scrape, run_dir, settings.ingest)
     cropped = crop(scrape, ingested.manifest_path, run_dir / "crop", settings.detect, settings.crop, workers=workers)
     curated = curate(run_dir / "crop" / "crops.csv", run_dir / "curate", settings.curate)
 
     fingerprint = _training_fingerprint(curated.manifest_path, settings)
     trained = True
-    if previous.get("training_fingerprint") == fingerprint and _loads(model_dir):
+    if _reusable(previous, fingerprint, model_dir):
         logger.info("Reusing %s: same splits and settings as the last run", model_dir)
         trained = False
     else:
@@ -109,6 +115,16 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
 
         train_model(curated.items, run_dir / "crop", settings.train, model_dir, settings.crop, settings.detect)
         _calibrate_unknown(model_dir, run_dir / "crop", curated.items)
+    record = {
+        "scrape": str(scrape.resolve()),
+        "model_dir": str(model_dir),
+        "training_fingerprint": fingerprint,
+        "model_sha256": sha256_file(model_dir / modeldir.MODEL_FILE),
+        "settings": {name: settings_to_dict(value) for name, value in vars(settings).items()},
+    }
+    # Recorded before evaluation: a run killed from here on reuses this model. The model's hash
+    # ties the record to this very model dir, not to whatever a later save puts under its name.
+    write_json(run_dir / RUN_SUMMARY, {"state": "trained", **record})
     evaluation = _evaluate_test_split(model_dir, run_dir / "crop", curated.items, run_dir / "evaluation")
 
     split_counts = {
@@ -129,10 +145,8 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     write_json(
         run_dir / RUN_SUMMARY,
         {
-            "scrape": str(scrape.resolve()),
-            "model_dir": str(model_dir),
-            "training_fingerprint": fingerprint,
-            "settings": {name: settings_to_dict(value) for name, value in vars(settings).items()},
+            "state": "finished",
+            **record,
             "files": result.files,
             "usable_photos": result.usable_photos,
             "faces": result.faces,
@@ -167,14 +181,19 @@ def _read_previous(path: Path) -> dict:
         return {}
 
 
-def _loads(model_dir: Path) -> bool:
-    from facecls import modeldir
+def _reusable(previous: dict, fingerprint: str, model_dir: Path) -> bool:
+    """Whether ``model_dir`` is the model the last run trained with this fingerprint.
 
+    The fingerprint alone is not enough: a run with other settings killed after its save
+    leaves another model under the same name, and the record still names the old one.
+    """
+    if previous.get("training_fingerprint") != fingerprint or not previous.get("model_sha256"):
+        return False
     try:
         modeldir.read_model_info(model_dir)
-    except FaceclsError:
+        return sha256_file(model_dir / modeldir.MODEL_FILE) == previous["model_sha256"]
+    except (FaceclsError, OSError):
         return False
-    return True
 
 
 def _calibrate_unknown(model_dir: Path, crops_dir: Path, items) -> None:

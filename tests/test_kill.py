@@ -3,6 +3,8 @@ uninterrupted run, finished work reused, and a model dir that is complete or abs
 
 One uninterrupted ``facecls run`` on a small real scrape (two people of the 5-celebrity photos
 plus hostile files; 96-pixel crops, 3 head epochs) is the reference every rerun is compared with.
+Kill points are found by watching the output folder (crop cache entries, manifests, the state
+run.json records), never by sleeping, so a loaded machine only makes them come later.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,24 +42,29 @@ def facecls(*args: str) -> list[str]:
     return [sys.executable, "-m", "facecls", "--quiet", *args]
 
 
-def run_to_end(command: list[str]) -> None:
+def run_to_end(command: list[str]) -> str:
+    """Run ``command`` to the end; returns its standard output."""
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished.stdout
 
 
 def kill_when(command: list[str], ready, timeout: float = 400) -> None:
     """Start ``command`` and SIGKILL it as soon as ``ready()`` is true; fails if it ended first."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while process.poll() is None and not ready():
-            assert time.monotonic() < deadline, "the kill point never came"
-            time.sleep(0.01)
-        assert process.poll() is None, "the command finished before the kill point: " + process.stderr.read().decode()[-2000:]
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would stall the command
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + timeout
+        try:
+            while process.poll() is None and not ready():
+                assert time.monotonic() < deadline, "the kill point never came"
+                time.sleep(0.01)
+            if process.poll() is not None:
+                stderr.seek(0)
+                pytest.fail("the command finished before the kill point: " + stderr.read().decode()[-2000:])
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait()
     assert process.returncode == -signal.SIGKILL
 
 
@@ -131,22 +139,104 @@ def test_train_killed_leaves_a_complete_or_absent_model_dir(reference, tmp_path)
     assert not list(out.glob(".model.partial-*")) and not list(out.glob(".model.old-*"))
 
 
-def test_run_killed_during_training_then_rerun_matches_an_uninterrupted_run(scrape, reference, tmp_path):
-    out = tmp_path / "run"
-    command = facecls("run", str(scrape), "--out", str(out), *CROP_OPTIONS, *TRAIN_OPTIONS)
-    kill_when(command, lambda: (out / "curate" / "splits.csv").exists())
-    assert not (out / "model").exists() and not (out / "run.json").exists()
+def run_state(out: Path) -> str | None:
+    """The ``state`` run.json records (trained, finished), or None before training is done."""
+    try:
+        return json.loads((out / "run.json").read_text()).get("state")
+    except (OSError, ValueError):  # absent, or read while being replaced
+        return None
 
-    run_to_end(command)
+
+def file_names(folder: Path) -> list[str]:
+    """Every file under ``folder``, hidden ones included: a stray temporary file shows up here."""
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:  # between the two renames that replace a model dir
+        return None
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+def test_run_killed_in_every_stage_then_rerun_matches_an_uninterrupted_run(scrape, reference, tmp_path):
+    """One run folder, killed during crop, training, evaluation and the report, each rerun resuming
+    the last: what it ends with is what an uninterrupted run writes, and no finished stage is redone."""
+    out = tmp_path / "run"
+    command = facecls("--json", "run", str(scrape), "--out", str(out), *CROP_OPTIONS, *TRAIN_OPTIONS)
+
+    # during crop: some photos done, no manifest written yet
+    kill_when(command, lambda: len(cache_entries(out / "crop")) >= 5)
+    assert not (out / "crop" / "crops.csv").exists() and not (out / "curate").exists()
+
+    # during training: the rerun finished the crop reusing whole tasks of the first, and curated
+    kill_when(command, lambda: (out / "curate" / "splits.csv").exists())
+    reused = json.loads((out / "crop" / "crop.json").read_text())["reused"]
+    assert 4 <= reused < 2 * PHOTOS_PER_PERSON and reused % 4 == 0
+    assert not (out / "model").exists() and run_state(out) is None
+    faces = mtimes(out / "crop" / "faces")
+
+    # during evaluation: the model dir is complete, calibrated, and recorded as trained
+    kill_when(command, lambda: run_state(out) == "trained")
     assert json.loads((out / "crop" / "crop.json").read_text())["reused"] == 2 * PHOTOS_PER_PERSON
-    for manifest in ("ingest.csv", "crop/crops.csv", "curate/splits.csv"):
+    assert run_state(out) == "trained" and not (out / "report.html").exists()
+    assert load_model_dir(out / "model").info.unknown_threshold is not None
+    model = mtimes(out / "model")
+
+    # during the report (or just after it): training is not redone
+    kill_when(command, lambda: run_state(out) == "finished")
+    assert mtimes(out / "model") == model
+
+    summary = json.loads(run_to_end(command))
+    assert summary["trained"] is False
+    assert mtimes(out / "model") == model and mtimes(out / "crop" / "faces") == faces
+
+    for manifest in ("ingest.csv", "crop/photos.csv", "crop/crops.csv", "crop/others.csv", "curate/splits.csv"):
         assert (out / manifest).read_bytes() == (reference / manifest).read_bytes(), manifest
     assert tree_bytes(out / "crop" / "faces") == tree_bytes(reference / "crop" / "faces")
-    summary, expected = (json.loads((folder / "run.json").read_text()) for folder in (out, reference))
-    assert (summary["files"], summary["faces"], summary["crop_counts"]) == (
-        expected["files"], expected["faces"], expected["crop_counts"]
+    assert tree_bytes(out / "report_files") == tree_bytes(reference / "report_files")
+    recorded, expected = (json.loads((folder / "run.json").read_text()) for folder in (out, reference))
+    for key in ("state", "training_fingerprint", "files", "usable_photos", "faces", "ingest_counts", "crop_counts",
+                "crops_per_person_and_split"):
+        assert recorded[key] == expected[key], key
+    loaded, reference_model = load_model_dir(out / "model"), load_model_dir(reference / "model")
+    assert loaded.labels == reference_model.labels == PEOPLE
+    assert (loaded.info.crop_settings, loaded.info.train_settings) == (
+        reference_model.info.crop_settings, reference_model.info.train_settings
     )  # fmt: skip
-    assert load_model_dir(out / "model").labels == PEOPLE
+    metrics, expected_metrics = (json.loads((folder / "evaluation" / "metrics.json").read_text()) for folder in (out, reference))
+    assert (metrics["count"], metrics["labels"]) == (expected_metrics["count"], expected_metrics["labels"])
+    # the same files as the uninterrupted run: no temporary file, partial model dir or retired one left
+    assert file_names(out) == file_names(reference)
+
+
+def test_run_with_other_settings_killed_after_its_save_then_rerun_does_not_reuse_its_model(scrape, reference, tmp_path):
+    """run.json vouches for the model dir its run trained, not for whatever was saved there since."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    first = inode(out / "model")
+    other = facecls("run", str(scrape), "--out", str(out), *CROP_OPTIONS, "--head-epochs", "4",
+                    *TRAIN_OPTIONS[2:])  # fmt: skip
+
+    # killed while saving: the first model dir is untouched beside the partial one
+    kill_when(other, lambda: any(out.glob(".model.partial-*")))
+    assert inode(out / "model") == first and any(out.glob(".model.partial-*"))
+    command = facecls("--json", "run", str(scrape), "--out", str(out), *CROP_OPTIONS, *TRAIN_OPTIONS)
+    assert json.loads(run_to_end(command))["trained"] is False
+    assert inode(out / "model") == first
+    assert file_names(out) == file_names(reference)  # the partial model dir is cleared though nothing was saved
+
+    # killed once its model replaced the first (while calibrating it): the rerun must train again
+    kill_when(other, lambda: inode(out / "model") not in (first, None))
+    info = load_model_dir(out / "model").info
+    assert info.train_settings.head_epochs == 4 and info.unknown_threshold is None
+    assert json.loads(run_to_end(command))["trained"] is True
+    info = load_model_dir(out / "model").info
+    assert info.train_settings.head_epochs == 3 and info.unknown_threshold is not None
 
 
 def prediction_lines(out: Path) -> list[bytes]:
