@@ -8,8 +8,9 @@ crops never travel between processes and the driving process needs no TensorFlow
 TensorFlow processes on two cores instead of three.
 
 Labels: the most probable person, or ``unknown`` when the face's score is under the
-threshold. With an open-set model in the model dir (``facecls.openset``) the score is the
-cosine similarity to that person's centroid and the threshold is the calibrated
+threshold. With an open-set model in the model dir (``facecls.openset``) the score says how
+typical the face is of the person it resembles most (the share of held-out known faces lying
+farther from their own person, in the model's feature space) and the threshold is the calibrated
 ``unknown_threshold`` (``--unknown-threshold`` overrides it). Without one, the score is the
 softmax probability and no face is ever ``unknown`` unless a threshold is given.
 
@@ -77,7 +78,7 @@ class FacePrediction:
 
     face: int  # index among the photo's classified faces, largest first
     label: str  # a person of the model, or "unknown"
-    score: float  # compared with the threshold: open-set cosine similarity, or the probability
+    score: float  # compared with the threshold: the open-set score (facecls.openset), or the probability
     best_match: str  # the most probable person, even when label is "unknown"
     probability: float  # softmax probability of best_match
     x: float  # box in pixels of the EXIF-oriented photo
@@ -228,7 +229,7 @@ class Classifier:
     ):
         from facecls.modeldir import MODEL_FILE, read_model_info
         from facecls.errors import ModelDirError
-        from facecls.openset import load_open_set
+        from facecls.openset import SCORE_NAME, load_open_set
 
         if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
             raise FaceclsError(f"unknown_threshold must be between 0 and 1. Received: {unknown_threshold}")
@@ -253,7 +254,7 @@ class Classifier:
                 "the folder was modified. Recalibrate or retrain."
             )
         self.unknown_threshold = self.info.unknown_threshold if unknown_threshold is None else float(unknown_threshold)
-        self.score_name = "centroid_cosine" if self.open_set is not None else "probability"
+        self.score_name = SCORE_NAME if self.open_set is not None else "probability"
         self.batch_size = batch_size
         self.face_model = FaceModel(self.model_dir, batch_size)
         if workers == 1:

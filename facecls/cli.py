@@ -119,7 +119,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "file (.h5 or .weights.h5) for the chosen --alpha (default %(default)s)",
     )
     group.add_argument("--alpha", type=float, choices=ALPHAS, default=defaults.alpha, help="MobileNetV2 width (default %(default)s)")
-    group.add_argument("--head-epochs", type=int, default=defaults.head_epochs, help="max epochs of phase 1, the new head (default %(default)s)")
+    group.add_argument("--head-epochs", type=int, default=defaults.head_epochs, help="max full-batch epochs of phase 1, the new head; it stops once converged (default %(default)s)")
     group.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs, help="max epochs of phase 2, fine-tuning the top of the base; 0 skips it (default %(default)s)")
 
 

@@ -39,7 +39,7 @@ def test_ingest_then_crop(scrape, tmp_path, capsys):
     summary = capsys.readouterr().out.strip()
     assert summary.startswith("crop: 4 photos (")
     assert "0 reused" in summary and "4 face crops" in summary
-    crops = sorted((run / "crop" / "faces").rglob("*.jpg"))
+    crops = sorted((run / "crop" / "faces").rglob("*.png"))  # lossless by default
     assert len(crops) == 4
     from facecls.images import decode_image
 
