@@ -160,3 +160,45 @@ def test_fit_sample_weights_steer_the_loss():
     _fit(model, "head", 0.05, 60, (np.concatenate([inputs, inputs]), all_targets, weights), None, settings(patience=60))
     predicted = np.asarray(model(np.eye(4, dtype=np.float32))).argmax(axis=1)
     assert predicted.tolist() == [0, 1, 1, 0]
+
+
+def _head_model(features: int, classes: int) -> keras.Model:
+    from facecls.model import PROBABILITIES_LAYER
+
+    inputs = keras.Input(shape=(features,))
+    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax", name=PROBABILITIES_LAYER)(inputs))
+
+
+def test_head_is_regularised_by_c_and_stops_once_converged():
+    from facecls.train import _fit_head
+
+    generator = np.random.default_rng(0)
+    inputs = generator.standard_normal((120, 8)).astype(np.float32)
+    targets = (inputs[:, 0] + 0.5 * inputs[:, 1] > 0).astype(np.int64)
+    weights = np.ones(120, np.float32)
+    norms, runs = {}, {}
+    for c in (0.01, 1.0):
+        keras.utils.set_random_seed(0)
+        head = _head_model(8, 2)
+        history = _fit_head(head, (inputs, targets, weights), (inputs[:20], targets[:20]), settings(head_l2_c=c, head_epochs=5000))
+        norms[c] = float(np.linalg.norm(np.asarray(head.layers[-1].kernel)))
+        runs[c] = len(history["loss"])
+        assert len(history["val_loss"]) == runs[c]
+        assert history["accuracy"][-1] > 0.9  # the rule is linear: both fit it
+    assert norms[0.01] < 0.5 * norms[1.0]  # a smaller C (stronger L2) keeps the weights small
+    assert max(runs.values()) < 5000  # converged and stopped before the cap
+
+
+def test_head_follows_sample_weights():
+    from facecls.train import _fit_head
+
+    inputs = np.tile(np.eye(2, dtype=np.float32), (20, 1))
+    targets = np.tile(np.array([0, 1], dtype=np.int64), 20)
+    # The same inputs with the opposite labels, weighted 5x: the head must side with them.
+    all_inputs = np.concatenate([inputs, inputs])
+    all_targets = np.concatenate([targets, 1 - targets])
+    weights = np.concatenate([np.ones(40, np.float32), np.full(40, 5.0, np.float32)])
+    keras.utils.set_random_seed(0)
+    head = _head_model(2, 2)
+    _fit_head(head, (all_inputs, all_targets, weights), None, settings(head_l2_c=10.0))
+    assert np.asarray(head(np.eye(2, dtype=np.float32))).argmax(axis=1).tolist() == [1, 0]
