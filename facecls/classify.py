@@ -797,94 +797,98 @@ def classify(
     total = sum(1 for _ in iter_input_files(inputs, exclude=out_dir))
     if workers is None:
         workers = 1 if total < 24 else default_workers()
-    with output_lock(out_dir), Classifier(model_dir, unknown_threshold, workers, batch_size) as classifier:
-        columns = prediction_columns(classifier.labels)
-        fingerprint = classifier.fingerprint()
-        summary_path = out_dir / SUMMARY_NAME
-        if summary_path.exists():
-            previous = read_json(summary_path)
-            if isinstance(previous, dict) and previous.get("fingerprint") not in (None, fingerprint):
-                raise FaceclsError(
-                    f"{out_dir} holds predictions of another model or threshold ({previous.get('model_dir')}). "
-                    "Choose another --out folder, or delete it to start over."
-                )
-        done, old_rows = _repair_outputs(out_dir, columns)
-        sorter = _Sorter(out_dir, sort) if sort != "none" else None
-        if sorter is not None or (out_dir / JOURNAL_NAME).exists():
-            (sorter or _Sorter(out_dir, "copy")).recover(done)
-        base_summary = {
-            "model_dir": str(Path(model_dir).resolve()),
-            "fingerprint": fingerprint,
-            "labels": list(classifier.labels),
-            "score": classifier.score_name,
-            "unknown_threshold": classifier.unknown_threshold,
-            "sort": sort,
-        }
-        write_json(summary_path, {**base_summary, "state": "running"})
-        counts = _Counts()
-        for row in old_rows:
-            counts.add_row(row)
-        skipped = 0
-        submitted: deque[tuple[str, str]] = deque()
-        seen = set(done)
+    with output_lock(out_dir):
+        with Classifier(model_dir, unknown_threshold, workers, batch_size) as classifier:
+            columns = prediction_columns(classifier.labels)
+            fingerprint = classifier.fingerprint()
+            summary_path = out_dir / SUMMARY_NAME
+            if summary_path.exists():
+                previous = read_json(summary_path)
+                if isinstance(previous, dict) and previous.get("fingerprint") not in (None, fingerprint):
+                    raise FaceclsError(
+                        f"{out_dir} holds predictions of another model or threshold ({previous.get('model_dir')}). "
+                        "Choose another --out folder, or delete it to start over."
+                    )
+            done, old_rows = _repair_outputs(out_dir, columns)
+            sorter = _Sorter(out_dir, sort) if sort != "none" else None
+            if sorter is not None or (out_dir / JOURNAL_NAME).exists():
+                (sorter or _Sorter(out_dir, "copy")).recover(done)
+            base_summary = {
+                "model_dir": str(Path(model_dir).resolve()),
+                "fingerprint": fingerprint,
+                "labels": list(classifier.labels),
+                "score": classifier.score_name,
+                "unknown_threshold": classifier.unknown_threshold,
+                "sort": sort,
+            }
+            write_json(summary_path, {**base_summary, "state": "running"})
+            counts = _Counts()
+            for row in old_rows:
+                counts.add_row(row)
+            skipped = 0
+            submitted: deque[tuple[str, str]] = deque()
+            seen = set(done)
 
-        def todo() -> Iterator[str]:
-            nonlocal skipped
-            for path in iter_input_files(inputs, exclude=out_dir):
-                key = (path, _sha256_or_empty(path))
-                if key in seen:
-                    skipped += 1
+            def todo() -> Iterator[str]:
+                nonlocal skipped
+                for path in iter_input_files(inputs, exclude=out_dir):
+                    key = (path, _sha256_or_empty(path))
+                    if key in seen:
+                        skipped += 1
+                        progress.update(1)
+                        continue
+                    seen.add(key)
+                    submitted.append(key)
+                    yield path
+
+            outputs = _Outputs(out_dir, columns)
+            classified = 0
+            run_started = time.perf_counter()
+            progress = tqdm(total=total, desc="classify", unit="photo")
+            try:
+                for photo in classifier.classify_paths(todo()):
+                    path, sha256 = submitted.popleft()
+                    folders = _folders_for(photo) if sorter is not None else []
+                    destinations = sorter.plan(path, sha256, folders) if folders else []
+                    placed = sorter.place(path, destinations) if destinations else []
+                    rows = prediction_rows(photo, sha256, classifier.labels)
+                    outputs.append(rows, durable=sort == "move")
+                    if folders:
+                        sorter.finish(path, sha256, placed)
+                    if annotate and photo.faces:
+                        _annotate(photo, sha256, out_dir)
+                    for row in rows:
+                        counts.add_row(row)
+                    classified += 1
                     progress.update(1)
-                    continue
-                seen.add(key)
-                submitted.append(key)
-                yield path
-
-        outputs = _Outputs(out_dir, columns)
-        classified = 0
-        run_started = time.perf_counter()
-        progress = tqdm(total=total, desc="classify", unit="photo")
-        try:
-            for photo in classifier.classify_paths(todo()):
-                path, sha256 = submitted.popleft()
-                folders = _folders_for(photo) if sorter is not None else []
-                destinations = sorter.plan(path, sha256, folders) if folders else []
-                placed = sorter.place(path, destinations) if destinations else []
-                rows = prediction_rows(photo, sha256, classifier.labels)
-                outputs.append(rows, durable=sort == "move")
-                if folders:
-                    sorter.finish(path, sha256, placed)
-                if annotate and photo.faces:
-                    _annotate(photo, sha256, out_dir)
-                for row in rows:
-                    counts.add_row(row)
-                classified += 1
-                progress.update(1)
-        finally:
-            progress.close()
-            outputs.close()
-            if sorter is not None:
-                sorter.close()
-        seconds = time.perf_counter() - started
-        rate = classified / max(time.perf_counter() - run_started, 1e-9)
-        result = ClassifyResult(
-            out_dir=out_dir,
-            predictions_path=out_dir / PREDICTIONS_CSV,
-            photos=counts.photos,
-            faces=counts.faces,
-            label_counts=dict(sorted(counts.labels.items())),
-            unknown=counts.labels.get(UNKNOWN, 0),
-            no_face=counts.statuses.get(NO_FACE, 0),
-            unreadable=counts.statuses.get(UNREADABLE, 0),
-            skipped=skipped,
-            classified=classified,
-            sorted_files=sorter.placed if sorter is not None else 0,
-            seconds=round(seconds, 2),
-            photos_per_second=round(rate, 2),
-        )
-        summary = {**base_summary, "state": "finished"}
-        summary.update({key: value for key, value in dataclasses.asdict(result).items() if key not in ("out_dir", "predictions_path")})
-        write_json(summary_path, summary)
+            finally:
+                progress.close()
+                outputs.close()
+                if sorter is not None:
+                    sorter.close()
+            seconds = time.perf_counter() - started
+            rate = classified / max(time.perf_counter() - run_started, 1e-9)
+            result = ClassifyResult(
+                out_dir=out_dir,
+                predictions_path=out_dir / PREDICTIONS_CSV,
+                photos=counts.photos,
+                faces=counts.faces,
+                label_counts=dict(sorted(counts.labels.items())),
+                unknown=counts.labels.get(UNKNOWN, 0),
+                no_face=counts.statuses.get(NO_FACE, 0),
+                unreadable=counts.statuses.get(UNREADABLE, 0),
+                skipped=skipped,
+                classified=classified,
+                sorted_files=sorter.placed if sorter is not None else 0,
+                seconds=round(seconds, 2),
+                photos_per_second=round(rate, 2),
+            )
+            summary = {**base_summary, "state": "finished"}
+            summary.update(
+                {key: value for key, value in dataclasses.asdict(result).items() if key not in ("out_dir", "predictions_path")}
+            )
+            write_json(summary_path, summary)
+        # After the worker processes have stopped: the report decodes photos for its thumbnails.
         from facecls.report import write_classify_report
 
         write_classify_report(out_dir)

@@ -138,6 +138,8 @@ class _CompiledNetwork:
         self._call = tf.function(lambda images: network(images), input_signature=signature)
 
     def __call__(self, images):
+        if images.shape[0] == 0:  # no candidate faces left: the traced graph would log a shape error
+            return self.network(images)
         return self._call(images)
 
 

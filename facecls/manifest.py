@@ -20,6 +20,9 @@ from typing import Any, Iterable, Iterator
 
 from facecls.errors import FaceclsError
 
+# Temporary files of atomic writes: .<name>.<random><suffix>, renamed into place when complete.
+TEMPORARY_SUFFIX = ".facecls-partial"
+
 
 def _default_mode() -> int:
     umask = os.umask(0)
@@ -34,7 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -134,12 +137,18 @@ _held_locks: set[str] = set()
 
 
 def _remove_partial_files(folder: Path) -> None:
-    """Delete temporary files that a killed ``atomic_write_bytes`` left behind (ours alone:
-    the caller holds the folder's lock, so no other facecls process is writing them)."""
-    for path in folder.rglob(".*.partial"):
-        with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
+    """Delete temporary files that a killed write left behind.
+
+    Only hidden files ending in ``TEMPORARY_SUFFIX`` (no other program names its files so),
+    without following symbolic links; ours alone, as the caller holds the folder's lock.
+    """
+    for root, folders, names in os.walk(folder, followlinks=False):
+        for name in names:
+            if name.startswith(".") and name.endswith(TEMPORARY_SUFFIX):
+                path = Path(root, name)
+                with contextlib.suppress(OSError):
+                    if path.is_file() and not path.is_symlink():
+                        path.unlink()
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from tqdm import tqdm
 
 from facecls.errors import FaceclsError
-from facecls.manifest import atomic_write_text, read_csv, read_json
+from facecls.manifest import TEMPORARY_SUFFIX, atomic_write_text, read_csv, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class _Thumbnails:
                     # Renamed into place (never half written) but not fsynced: a lost thumbnail is
                     # remade by the next build, and thousands of fsyncs would dominate the time.
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    temporary = path.with_name(f".{path.name}.partial")
+                    temporary = path.with_name(f".{path.name}{TEMPORARY_SUFFIX}")
                     temporary.write_bytes(encode_image(pixels, "jpg", quality=85))
                     os.replace(temporary, path)
             except Exception as error:  # an unreadable or vanished photo: its tiles say so
@@ -901,8 +901,9 @@ def _classify_summary(summary, labels, faces, no_face, unreadable, rows) -> str:
     score = summary.get("score", "probability")
     explain = (
         f"<p>Score: <b>{_e(score)}</b>"
-        + (" (cosine similarity of the face's features to the predicted person's centroid)" if score == "centroid_cosine"
-           else " (softmax probability of the predicted person)")
+        + (" (softmax probability of the predicted person)" if score == "probability"
+           else " (how typical the face is of the predicted person: the share of held-out faces of known people"
+                " lying farther from their own person)")
         + (f"; faces scoring under <b>{threshold:.3f}</b> are <i>unknown</i>." if threshold is not None
            else "; no threshold: no face is called unknown.")
         + (f" Photos were sorted into the label folders ({_e(summary.get('sort'))})." if summary.get("sort") not in (None, "none") else "")

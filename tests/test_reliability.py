@@ -542,3 +542,27 @@ def test_classify_threshold_out_of_range_names_the_range(model, tmp_path, capsys
         capsys, ["classify", str(model[0]), str(photos), "--out", str(tmp_path / "o"), "--unknown-threshold", "1.5"]
     )
     assert "unknown_threshold must be between 0 and 1. Received: 1.5" in error
+
+
+def test_taking_a_lock_clears_only_our_temporary_files_and_never_follows_links(tmp_path):
+    from facecls.manifest import TEMPORARY_SUFFIX, atomic_write_bytes, output_lock
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "crop" / "faces").mkdir(parents=True)
+    elsewhere.mkdir()
+    ours = out / "crop" / "faces" / f".a.png.k3j2h1g0{TEMPORARY_SUFFIX}"  # a write killed before its rename
+    ours.write_bytes(b"half")
+    theirs = out / ".download.partial"  # another program's temporary file
+    theirs.write_bytes(b"keep")
+    linked = elsewhere / f".b.png.abcdefgh{TEMPORARY_SUFFIX}"
+    linked.write_bytes(b"not under out")
+    (out / "link").symlink_to(elsewhere, target_is_directory=True)
+    atomic_write_bytes(out / "done.txt", b"whole")
+
+    with output_lock(out):
+        pass
+
+    assert not ours.exists()
+    assert theirs.read_bytes() == b"keep" and linked.read_bytes() == b"not under out"
+    assert (out / "done.txt").read_bytes() == b"whole"
+    assert sorted(path.name for path in out.iterdir()) == [".download.partial", ".facecls.lock", "crop", "done.txt", "link"]
