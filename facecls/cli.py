@@ -73,7 +73,7 @@ def _add_crop_options(parser: argparse.ArgumentParser) -> None:
         default=detect.min_face_fraction,
         help="ignore faces smaller than this fraction of the photo's shorter side (default %(default)s)",
     )
-    group.add_argument("--detect-batch", type=int, default=detect.batch_size, help="same-size photos per MTCNN call (default %(default)s)")
+    group.add_argument("--detect-batch", type=int, default=detect.batch_size, help="same-size photos per MTCNN call (default %(default)s; above 1 a photo's boxes depend on the photos batched with it, so a resumed run may differ slightly)")
     group.add_argument("--margin", type=float, default=crop.margin, help="margin around the face, fraction of its size (default %(default)s)")
     group.add_argument("--image-size", type=int, default=crop.image_size, help="crop size in pixels, the model's input size (default %(default)s)")
     group.add_argument("--face-policy", choices=FACE_POLICIES, default=crop.face_policy, help="which face to crop when a photo has several (default %(default)s)")

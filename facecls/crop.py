@@ -396,7 +396,8 @@ class FaceCropper:
     def faces_in_files(self, paths: Iterable[str | Path], chunk_size: int | None = None) -> Iterator:
         """Faces of each file (or what ``after`` made of them), in input order; memory stays flat
         however many files there are."""
-        chunk_size = chunk_size or 2 * self.detect_settings.batch_size  # more photos per task: more share a bucket
+        # A few photos per task: fewer round trips to the workers, and with detect batches above 1 more photos share one.
+        chunk_size = chunk_size or max(4, 2 * self.detect_settings.batch_size)
         chunks = _chunks((str(path) for path in paths), chunk_size)
         if self.workers == 1:
             for chunk in chunks:

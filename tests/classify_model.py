@@ -30,7 +30,7 @@ def open_set_model():
     stranger = [item.crop_path for item in items if item.person == STRANGER]
     folder = Path(tempfile.mkdtemp(prefix="facecls-classify-model-"))
     atexit.register(shutil.rmtree, folder, True)
-    settings = TrainSettings(weights=str(WEIGHTS_035_H5), head_epochs=20, fine_tune_from="", patience=4)
+    settings = TrainSettings(weights=str(WEIGHTS_035_H5), fine_tune_from="")  # the head fitted to convergence
     train_model(known, crops_dir, settings, folder / "model", CropSettings(image_size=SIZE), DetectSettings())
     calibration = calibrate_model_dir(folder / "model", crops_dir, known, stranger)
     return folder / "model", calibration, crops_dir, tuple(known), tuple(stranger)
