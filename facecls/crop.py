@@ -339,6 +339,11 @@ def _worker_run(paths: list[str]) -> list:
     return found if _worker_after is None else _worker_after(found)
 
 
+def task_size(detect_settings: DetectSettings) -> int:
+    """Photos per worker task: a few, for fewer round trips; with detect batches above 1, two batches."""
+    return max(4, 2 * detect_settings.batch_size)
+
+
 def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
@@ -396,8 +401,7 @@ class FaceCropper:
     def faces_in_files(self, paths: Iterable[str | Path], chunk_size: int | None = None) -> Iterator:
         """Faces of each file (or what ``after`` made of them), in input order; memory stays flat
         however many files there are."""
-        # A few photos per task: fewer round trips to the workers, and with detect batches above 1 more photos share one.
-        chunk_size = chunk_size or max(4, 2 * self.detect_settings.batch_size)
+        chunk_size = chunk_size or task_size(self.detect_settings)
         chunks = _chunks((str(path) for path in paths), chunk_size)
         if self.workers == 1:
             for chunk in chunks:
@@ -493,9 +497,9 @@ def crop(
         todo = []
         # MTCNN's result for a photo depends on the photos batched with it, so work is redone by
         # whole tasks of the full list: a resumed run batches exactly as an uninterrupted one.
-        task_size = 2 * detect_settings.batch_size
-        for start in range(0, len(records), task_size):
-            batch = records[start : start + task_size]
+        size = task_size(detect_settings)
+        for start in range(0, len(records), size):
+            batch = records[start : start + size]
             entries = [_read_cache(cache_dir, record.sha256, out_dir) for record in batch]
             if any(entry is None for entry in entries):
                 todo.extend(batch)
@@ -504,7 +508,7 @@ def crop(
         progress = tqdm(total=len(records), initial=len(cached), desc="crop", unit="photo")
         with FaceCropper(detect_settings, crop_settings, workers=_workers_for(len(todo), workers)) as cropper:
             by_path = {str(scrape / record.path): record for record in todo}
-            for faces in cropper.faces_in_files(by_path, chunk_size=task_size):
+            for faces in cropper.faces_in_files(by_path, chunk_size=size):
                 record = by_path[faces.path]
                 cached[record.path] = _store_photo(faces, record, crop_settings, out_dir, cache_dir)
                 progress.update(1)
