@@ -33,6 +33,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from process_memory import tree_memory_bytes  # noqa: E402  (beside this script)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.h5"
@@ -192,31 +194,6 @@ def timed(command: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
-def _tree_memory(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes of ``pid`` and all its descendants.
-
-    RSS counts the TensorFlow libraries each process maps once per process; PSS shares
-    them out, so its sum is what the process tree really takes from the machine.
-    """
-    rss = pss = 0
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            with open(f"/proc/{current}/smaps_rollup") as file:
-                for line in file:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1]) * 1024
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as file:
-                    stack.extend(int(child) for child in file.read().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return rss, pss
-
-
 def measure_memory(model_dir: Path, photos: list[Path], count: int, work: Path) -> tuple[float, int, int]:
     """Peak RSS and PSS (process tree) of classify on ``count`` photos in a fresh process; (seconds, bytes, bytes)."""
     folder = repeated(photos, count, work / f"memory-{count}")
@@ -229,7 +206,7 @@ def measure_memory(model_dir: Path, photos: list[Path], count: int, work: Path) 
     def sample():
         nonlocal peak_rss, peak_pss
         while not stop.is_set():
-            rss, pss = _tree_memory(process.pid)
+            rss, pss = tree_memory_bytes(process.pid)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             time.sleep(0.5)
 

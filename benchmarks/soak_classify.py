@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from corpus import build_corpus, restore_permissions  # noqa: E402
+from process_memory import tree_memory_bytes  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -59,39 +59,6 @@ def build_inputs(folder: Path, files: int, good_share: float) -> dict[str, str]:
             kinds[str(target)] = "good_photo"
         folder_number += 1
     return kinds
-
-
-def tree_memory_bytes(root_pid: int) -> tuple[int, int]:
-    """(RSS, PSS) summed over ``root_pid`` and all its descendants, from /proc.
-
-    RSS counts the shared libraries (TensorFlow) once per process; PSS splits shared pages
-    between the processes using them, so its sum is what the tree really occupies.
-    """
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-            children[int(fields[1])].append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    rss = pss = 0
-    stack = [root_pid]
-    while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as file:
-                for line in file:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1]) * 1024
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return rss, pss
 
 
 def _lines(path: Path) -> int:

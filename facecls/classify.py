@@ -227,7 +227,7 @@ class Classifier:
         workers: int | None = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
-        from facecls.modeldir import MODEL_FILE, read_model_info
+        from facecls.modeldir import model_file, read_model_info
         from facecls.errors import ModelDirError
         from facecls.openset import SCORE_NAME, load_open_set
 
@@ -238,8 +238,7 @@ class Classifier:
         workers = default_workers() if workers is None else max(1, workers)
         self.model_dir = Path(model_dir)
         self.info = read_model_info(self.model_dir)
-        if not (self.model_dir / MODEL_FILE).is_file():
-            raise ModelDirError(f"{self.model_dir} is not a complete model dir: {MODEL_FILE} is missing. Retrain.")
+        model_file(self.model_dir)  # present; the workers load it (with one worker, below)
         self.labels: tuple[str, ...] = self.info.labels
         clashing = [label for label in self.labels if label in (UNKNOWN, NO_FACE, UNREADABLE)]
         if clashing:

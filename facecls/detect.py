@@ -146,10 +146,10 @@ class _CompiledNetwork:
 def _compile_stages(mtcnn) -> None:
     for stage in getattr(mtcnn, "stages", ()):
         network = getattr(stage, "_model", None)
-        if network is None or isinstance(network, _CompiledNetwork):
+        if network is None:
             logger.debug("mtcnn stage %s has no network to compile; it runs eagerly", stage)
-            continue
-        stage._model = _CompiledNetwork(network)
+        elif not isinstance(network, _CompiledNetwork):
+            stage._model = _CompiledNetwork(network)
 
 
 class FaceDetector:

@@ -286,6 +286,18 @@ def read_model_info(path: Path) -> ModelInfo:
     return info_from_dict(data, str(info_path))
 
 
+def model_file(path: Path) -> Path:
+    """The Keras model file of a model dir.
+
+    Raises:
+        ModelDirError: it is missing.
+    """
+    model_path = Path(path) / MODEL_FILE
+    if not model_path.is_file():
+        raise ModelDirError(f"{path} is not a complete model dir: {MODEL_FILE} is missing. Retrain.")
+    return model_path
+
+
 def load_model_dir(path: Path) -> LoadedModel:
     """Load a model dir written by ``save_model_dir``, checking that its parts agree.
 
@@ -295,9 +307,7 @@ def load_model_dir(path: Path) -> LoadedModel:
     """
     path = Path(path)
     info = read_model_info(path)
-    model_path = path / MODEL_FILE
-    if not model_path.is_file():
-        raise ModelDirError(f"{path} is not a complete model dir: {MODEL_FILE} is missing. Retrain.")
+    model_path = model_file(path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
