@@ -1,7 +1,11 @@
 """The model builder: MobileNetV2 base, classification head, and the parts training caches.
 
 The classifier takes float32 RGB pixels in [0, 255]; scaling to [-1, 1] happens inside the
-graph so training and inference cannot drift apart. BatchNorm keeps its ImageNet statistics
+graph so training and inference cannot drift apart. The head reads two descriptions of the face:
+the globally pooled last feature map (what the photo shows) and a 3x3 grid of the mid-level map
+``block_13_expand_relu`` (which parts sit where: eyes, nose and mouth fall in fixed cells of an
+aligned crop). ImageNet's last layer discards that layout; keeping it is what tells look-alike
+people apart (see ``build_classifier``). BatchNorm keeps its ImageNet statistics
 while the base is fine-tuned: ``unfreeze_top`` leaves every BatchNormalization layer
 non-trainable, which in Keras 3 means inference mode. The base is also called with
 ``training=False``, but Keras 3.15 lets the ``training=True`` of ``fit`` override that
@@ -32,9 +36,19 @@ IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applicat
 # Layer names of the classifier; the model-dir reader and classify find the parts by them.
 PIXELS_LAYER = "pixels"
 SCALE_LAYER = "scale_to_minus_one_one"
+GLOBAL_POOL_LAYER = "global_pool"
+GRID_POOL_LAYER = "grid_pool"
+GRID_FLATTEN_LAYER = "grid_flatten"
 FEATURES_LAYER = "features"
 DROPOUT_LAYER = "dropout"
 PROBABILITIES_LAYER = "probabilities"
+
+# The mid-level base layer whose map the head also reads, pooled to a GRID x GRID grid, and the
+# first layer of its block: the deepest place the base can be cut for fine-tuning while the cut
+# still lies below that layer.
+MID_LAYER = "block_13_expand_relu"
+DEEPEST_CUT = "block_13_expand"
+GRID = 3
 
 
 def imagenet_weights_file_name(alpha: float) -> str:
@@ -119,18 +133,58 @@ def load_base(alpha: float, image_size: int, weights: str, cache_dir: Path | Non
     return base
 
 
+def grid_pooling(map_side: int, grid: int = GRID) -> tuple[int, int, int]:
+    """(cells per side, window, stride) of an average pooling that tiles a square map into a grid.
+
+    Windows overlap where the side does not divide (14 -> 3 windows of 6 at stride 4), so every
+    position is covered and the layer is a plain ``AveragePooling2D``.
+    """
+    cells = max(1, min(grid, map_side))
+    stride = max(1, map_side // cells)
+    return cells, map_side - (cells - 1) * stride, stride
+
+
 def build_classifier(base: keras.Model, num_classes: int, dropout: float) -> keras.Model:
-    """Put a softmax head on ``base``; the result maps [0, 255] RGB pixels to class probabilities."""
+    """Put a softmax head on ``base``; the result maps [0, 255] RGB pixels to class probabilities.
+
+    The head's input (layer ``features``) joins the global average of the last feature map with a
+    3x3 grid average of ``MID_LAYER``. On scraped-celebs-6 (frozen 0.35 base, logistic regression,
+    20 seeded splits) that lifted mean test accuracy from 0.790 to 0.840, and from 0.747 to 0.800
+    with the 1.0 base. A 2x2 grid gave 0.805 and block_14_expand_relu 0.829; block_12_expand_relu
+    gave 0.852, within noise of 0.840, but lies below the block_13_expand cut where fine-tuning starts.
+    """
     if num_classes < 2:
         raise FaceclsError(f"A classifier needs at least 2 classes. Received: {num_classes}")
     image_size = base.input_shape[1]
+    two_maps = keras.Model(base.input, [base.get_layer(MID_LAYER).output, base.output], name=base.name)
     pixels = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name=PIXELS_LAYER)
     scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=SCALE_LAYER)(pixels)
-    feature_maps = base(scaled, training=False)
-    features = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(feature_maps)
+    mid_map, last_map = two_maps(scaled, training=False)
+    _, window, stride = grid_pooling(int(mid_map.shape[1]))
+    features = _pool_features(
+        (
+            keras.layers.GlobalAveragePooling2D(name=GLOBAL_POOL_LAYER),
+            keras.layers.AveragePooling2D(pool_size=window, strides=stride, name=GRID_POOL_LAYER),
+            keras.layers.Flatten(name=GRID_FLATTEN_LAYER),
+            keras.layers.Concatenate(name=FEATURES_LAYER),
+        ),
+        mid_map,
+        last_map,
+    )
     dropped = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(features)
     probabilities = keras.layers.Dense(num_classes, activation="softmax", name=PROBABILITIES_LAYER)(dropped)
     return keras.Model(pixels, probabilities, name="facecls_classifier")
+
+
+def _pool_features(layers: tuple, mid_map, last_map):
+    global_pool, grid_pool, grid_flatten, concatenate = layers
+    return concatenate([global_pool(last_map), grid_flatten(grid_pool(mid_map))])
+
+
+def _pooling_layers(classifier: keras.Model) -> tuple:
+    return tuple(
+        classifier.get_layer(name) for name in (GLOBAL_POOL_LAYER, GRID_POOL_LAYER, GRID_FLATTEN_LAYER, FEATURES_LAYER)
+    )
 
 
 def base_of(classifier: keras.Model) -> keras.Model:
@@ -199,20 +253,29 @@ class ClassifierParts:
 def split_classifier(classifier: keras.Model, cut_layer_name: str) -> ClassifierParts:
     """Cut ``classifier`` before base layer ``cut_layer_name`` (its input crosses the cut).
 
+    The cut must lie at or below ``DEEPEST_CUT``: the head reads ``MID_LAYER``, which has to be
+    computed above the cut.
+
     Raises:
-        FaceclsError: the layer does not exist, or more than one tensor crosses the cut
-            (a residual connection spans it).
+        FaceclsError: the layer does not exist, lies above ``DEEPEST_CUT``, or more than one
+            tensor crosses the cut (a residual connection spans it).
     """
     base = base_of(classifier)
     names = [layer.name for layer in base.layers]
     if cut_layer_name not in names[1:]:
         raise FaceclsError(
-            f"fine_tune_from must name a layer of {base.name}, such as block_13_expand or block_16_expand. "
+            f"fine_tune_from must name a layer of {base.name}, such as block_13_expand or block_10_expand. "
+            f"Received: {cut_layer_name!r}"
+        )
+    if names.index(cut_layer_name) > names.index(DEEPEST_CUT):
+        raise FaceclsError(
+            f"fine_tune_from must be {DEEPEST_CUT} or a layer below it, because the head reads {MID_LAYER}. "
             f"Received: {cut_layer_name!r}"
         )
     problem = _crossing_problem(base, cut_layer_name)
     if problem is not None:
-        allowed = [name for name in cut_points(base) if name.endswith("_expand") or name == "Conv_1"]
+        deepest = names.index(DEEPEST_CUT)
+        allowed = [name for name in cut_points(base) if name.endswith("_expand") and names.index(name) <= deepest]
         raise FaceclsError(
             f"fine_tune_from must be a layer where only one tensor crosses the cut ({problem}). "
             f"Received: {cut_layer_name!r}. Allowed block boundaries: {', '.join(allowed)}"
@@ -220,9 +283,10 @@ def split_classifier(classifier: keras.Model, cut_layer_name: str) -> Classifier
     index = names.index(cut_layer_name)
     cut_tensor = _as_list(base.layers[index].input)[0]
     base_bottom = keras.Model(base.input, cut_tensor, name="base_bottom")
-    base_top = keras.Model(cut_tensor, base.output, name="base_top")
+    base_top = keras.Model(cut_tensor, base.outputs, name="base_top")
 
     scale = classifier.get_layer(SCALE_LAYER)
+    pooling_layers = _pooling_layers(classifier)
     features_layer = classifier.get_layer(FEATURES_LAYER)
     dropout_layer = classifier.get_layer(DROPOUT_LAYER)
     dense_layer = classifier.get_layer(PROBABILITIES_LAYER)
@@ -231,7 +295,7 @@ def split_classifier(classifier: keras.Model, cut_layer_name: str) -> Classifier
     bottom = keras.Model(pixels, base_bottom(scale(pixels), training=False), name="classifier_bottom")
 
     cut_input = keras.Input(shape=tuple(cut_tensor.shape[1:]), dtype="float32", name="cut")
-    pooled_features = features_layer(base_top(cut_input, training=False))
+    pooled_features = _pool_features(pooling_layers, *base_top(cut_input, training=False))
     pooled = keras.Model(cut_input, pooled_features, name="classifier_pooled")
     top = keras.Model(cut_input, dense_layer(dropout_layer(pooled_features)), name="classifier_top")
 

@@ -30,6 +30,9 @@ MODEL_FILE = "model.keras"
 INFO_FILE = "facecls.json"
 HISTORY_FILE = "history.json"
 RESERVED_FILES = (MODEL_FILE, INFO_FILE, HISTORY_FILE)
+# Settings that older model dirs record but that no longer exist; they say how a model was
+# trained, not how to use it, so reading such a dir ignores them.
+RETIRED_TRAIN_KEYS = frozenset({"head_learning_rate"})  # the head's Adam step, before L-BFGS
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,8 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
         # Model dirs written before alignment existed were trained on box crops: keep cropping them so.
         crop_settings = settings_from_dict(CropSettings, {"align": False, **data["crop_settings"]})
         detect_settings = settings_from_dict(DetectSettings, data["detect_settings"])
-        train_settings = settings_from_dict(TrainSettings, data["train_settings"])
+        stored = {key: value for key, value in data["train_settings"].items() if key not in RETIRED_TRAIN_KEYS}
+        train_settings = settings_from_dict(TrainSettings, stored)
     except (FaceclsError, TypeError) as error:
         raise ModelDirError(f"{source}: {error}") from None
     if data["image_size"] != crop_settings.image_size or data["alpha"] != train_settings.alpha:

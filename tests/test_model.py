@@ -47,8 +47,16 @@ def test_preprocessing_lives_inside_the_model(classifier, pixels):
     base = model_module.base_of(classifier)
     dense = classifier.get_layer(model_module.PROBABILITIES_LAYER)
     kernel, bias = (np.asarray(value) for value in dense.get_weights())
-    feature_maps = base.predict_on_batch(pixels.astype(np.float32) / 127.5 - 1.0)
-    logits = feature_maps.mean(axis=(1, 2)) @ kernel + bias
+    mid_map, last_map = base.predict_on_batch(pixels.astype(np.float32) / 127.5 - 1.0)
+    assert mid_map.shape[1:3] == (6, 6) and last_map.shape[1:3] == (3, 3)  # 96-pixel input
+    # The head reads the global mean of the last map and a 3x3 grid of 2x2 windows (stride 2) of the mid map.
+    grid = np.stack(
+        [np.stack([mid_map[:, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2].mean(axis=(1, 2)) for col in range(3)], 1)
+         for row in range(3)],
+        1,
+    )
+    features = np.concatenate([last_map.mean(axis=(1, 2)), grid.reshape(len(grid), -1)], axis=1)
+    logits = features @ kernel + bias
     manual = np.exp(logits - logits.max(axis=1, keepdims=True))
     manual /= manual.sum(axis=1, keepdims=True)
     probabilities = predict_probabilities(classifier, pixels)
@@ -60,7 +68,17 @@ def test_preprocessing_lives_inside_the_model(classifier, pixels):
 
 def test_model_has_only_builtin_layers(classifier):
     names = {type(layer).__name__ for layer in classifier.layers}
-    assert names == {"InputLayer", "Rescaling", "Functional", "GlobalAveragePooling2D", "Dropout", "Dense"}
+    assert names == {
+        "InputLayer", "Rescaling", "Functional", "GlobalAveragePooling2D", "AveragePooling2D", "Flatten",
+        "Concatenate", "Dropout", "Dense",
+    }
+
+
+@pytest.mark.parametrize(("side", "expected"), [(14, (3, 6, 4)), (7, (3, 3, 2)), (6, (3, 2, 2)), (2, (2, 1, 1)), (1, (1, 1, 1))])
+def test_grid_pooling_tiles_the_whole_map(side, expected):
+    cells, window, stride = model_module.grid_pooling(side)
+    assert (cells, window, stride) == expected
+    assert (cells - 1) * stride + window == side  # the last window ends at the map's edge
 
 
 def test_both_weight_formats_load_the_same_pretrained_arrays(weights):
@@ -123,21 +141,29 @@ def test_parts_compute_what_the_full_classifier_computes(classifier, pixels):
 
 
 def test_a_cut_spanned_by_a_residual_connection_is_rejected(classifier):
-    with pytest.raises(FaceclsError, match="block_14_add also reads block_13_project_BN.*block_13_expand"):
-        split_classifier(classifier, "block_14_depthwise")
+    with pytest.raises(FaceclsError, match="block_12_add also reads block_11_add.*block_13_expand"):
+        split_classifier(classifier, "block_12_depthwise")
     with pytest.raises(FaceclsError, match="must name a layer"):
         split_classifier(classifier, "block_99_expand")
-    split_classifier(classifier, "block_14_expand")  # the residual starts at the cut tensor itself
+    split_classifier(classifier, "block_12_expand")  # the residual starts at the cut tensor itself
+
+
+def test_a_cut_above_the_mid_level_layer_is_rejected(classifier):
+    with pytest.raises(FaceclsError) as caught:
+        split_classifier(classifier, "block_14_expand")
+    message = str(caught.value)
+    assert "block_13_expand or a layer below it" in message and "block_13_expand_relu" in message
+    assert "'block_14_expand'" in message
 
 
 def test_fine_tuning_keeps_batchnorm_statistics_and_the_bottom(weights, pixels):
     keras.utils.set_random_seed(0)
     base = load_base(0.35, SIZE, str(weights))
     classifier = build_classifier(base, num_classes=3, dropout=0.0)
-    parts = split_classifier(classifier, "block_15_expand")
+    parts = split_classifier(classifier, "block_13_expand")
     before = {layer.name: [np.array(value) for value in layer.get_weights()] for layer in base.layers}
     trainable = unfreeze_top(base, parts.top_layers)
-    assert "block_15_expand" in trainable and "block_14_expand" not in trainable
+    assert "block_13_expand" in trainable and "block_12_expand" not in trainable
     assert not any("BN" in name or name.endswith("_bn") for name in trainable)
     parts.top.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     parts.top.fit(predict_batched(parts.bottom, pixels), np.arange(len(pixels)) % 3, epochs=3, verbose=0)
@@ -145,7 +171,7 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_the_bottom(weights, pixels):
     for layer in base.layers:
         after = layer.get_weights()
         changed = any(not np.array_equal(old, new) for old, new in zip(before[layer.name], after))
-        if isinstance(layer, keras.layers.BatchNormalization) or layer.name in ("block_14_expand", "Conv1"):
+        if isinstance(layer, keras.layers.BatchNormalization) or layer.name in ("block_12_expand", "Conv1"):
             assert not changed, layer.name
     assert any(
         not np.array_equal(old, new)

@@ -53,7 +53,8 @@ def test_saved_full_model_matches_the_cached_training_path(trained, crops):
     val = load_split_crops(items, crops_dir, "val")
     probabilities = predict_probabilities(loaded.model, val.pixels)
     targets = np.array([trained.labels.index(label) for label in val.labels])
-    loss = float(np.mean(-np.log(probabilities[np.arange(len(targets)), targets])))
+    picked = np.clip(probabilities[np.arange(len(targets)), targets], 1e-7, 1.0)  # as training clips
+    loss = float(np.mean(-np.log(picked)))
     accuracy = float(np.mean(probabilities.argmax(axis=1) == targets))
     assert accuracy == trained.val_accuracy
     assert loss == pytest.approx(trained.val_loss, abs=1e-4)
@@ -202,3 +203,32 @@ def test_head_follows_sample_weights():
     head = _head_model(2, 2)
     _fit_head(head, (all_inputs, all_targets, weights), None, settings(head_l2_c=10.0))
     assert np.asarray(head(np.eye(2, dtype=np.float32))).argmax(axis=1).tolist() == [1, 0]
+
+
+def test_head_reaches_the_logistic_regression_optimum_on_large_features():
+    """Many large non-negative features, as the pooled ReLU maps give: full-batch Adam stalled far
+    from the optimum on such data; the head must reach scikit-learn's optimum of the same objective."""
+    from sklearn.linear_model import LogisticRegression
+
+    from facecls.train import _fit_head
+
+    generator = np.random.default_rng(1)
+    centres = generator.uniform(0.0, 6.0, size=(3, 400))
+    targets = np.repeat(np.arange(3), 30)
+    inputs = np.clip(centres[targets] + generator.normal(0.0, 2.0, size=(90, 400)), 0.0, 6.0).astype(np.float32)
+    weights = np.ones(90, np.float32)
+
+    def objective(kernel, bias):
+        logits = inputs.astype(np.float64) @ kernel + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        log_probabilities = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return -log_probabilities[np.arange(90), targets].mean() + (kernel**2).sum() / (2 * 90)
+
+    keras.utils.set_random_seed(0)
+    head = _head_model(400, 3)
+    history = _fit_head(head, (inputs, targets, weights), None, settings(head_l2_c=1.0, head_epochs=2000))
+    assert 1 <= len(history["loss"]) < 2000
+    kernel, bias = (np.asarray(value, np.float64) for value in head.layers[-1].get_weights())
+    reference = LogisticRegression(C=1.0, max_iter=10000, tol=1e-8).fit(inputs, targets)
+    best = objective(reference.coef_.T, reference.intercept_)
+    assert objective(kernel, bias) < best + 0.01 * max(best, 1e-3)
