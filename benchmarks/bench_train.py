@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{phase:<10} {cached_per_epoch:>15.3f} {plain_per_epoch:>14.3f} {plain_per_epoch / cached_per_epoch:>8.1f}x")
     cached_total = result.cache_seconds + result.head_seconds + result.fine_tune_seconds
     plain_total = sum(seconds for seconds, _ in plain["times"].values())
-    print(f"epochs: facecls head {result.head_epochs_run} (full batch, to convergence) + fine-tune "
+    print(f"epochs: facecls head {result.head_epochs_run} (L-BFGS iterations over the full batch, to convergence) + fine-tune "
           f"{result.fine_tune_epochs_run}; plain head {plain['times']['head'][1]} + fine-tune {plain['times']['fine_tune'][1]}")
     print(f"time to a trained model (caching, head, fine-tuning): facecls {cached_total:.1f} s, plain {plain_total:.1f} s, "
           f"{plain_total / cached_total:.1f}x")
