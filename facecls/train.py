@@ -268,9 +268,12 @@ def _fit_head(
         logits -= logits.max(axis=1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
+    last = {}  # the last point evaluated: L-BFGS reports the iterate it just evaluated to the callback
+
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         kernel, _ = unpack(theta)
         log_p = log_probabilities(features, theta)
+        last.update(theta=theta.copy(), log_p=log_p)
         cross_entropy = -float(np.sum(weights * log_p[rows, targets])) / total_weight
         residual = np.exp(log_p)
         residual[rows, targets] -= 1.0
@@ -289,7 +292,8 @@ def _fit_head(
 
     def record(intermediate_result) -> None:
         theta = intermediate_result.x
-        log_p = log_probabilities(features, theta)
+        same = "theta" in last and np.array_equal(theta, last["theta"])
+        log_p = last["log_p"] if same else log_probabilities(features, theta)
         logs = {
             "loss": -float(np.sum(weights * log_p[rows, targets])) / total_weight,
             "accuracy": float(np.mean(log_p.argmax(axis=1) == targets)),
