@@ -257,7 +257,6 @@ def _fit_head(
     classes = kernel_shape[1]
     total_weight = float(np.sum(weights))
     penalty_scale = 1.0 / (2.0 * settings.head_l2_c * total_weight)
-    rows = np.arange(len(targets))
 
     def unpack(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return theta[:-classes].reshape(kernel_shape), theta[-classes:]
@@ -268,26 +267,27 @@ def _fit_head(
         logits -= logits.max(axis=1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
+    def cross_entropy(log_p: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray | None = None) -> float:
+        return float(np.average(-log_p[np.arange(len(labels)), labels], weights=sample_weights))
+
     last = {}  # the last point evaluated: L-BFGS reports the iterate it just evaluated to the callback
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         kernel, _ = unpack(theta)
         log_p = log_probabilities(features, theta)
         last.update(theta=theta.copy(), log_p=log_p)
-        cross_entropy = -float(np.sum(weights * log_p[rows, targets])) / total_weight
         residual = np.exp(log_p)
-        residual[rows, targets] -= 1.0
+        residual[np.arange(len(targets)), targets] -= 1.0
         residual *= (weights / total_weight)[:, None]
         gradient = np.concatenate([
             (features.T @ residual + 2.0 * penalty_scale * kernel).ravel(), residual.sum(axis=0)
         ])
-        return cross_entropy + penalty_scale * float(np.sum(kernel**2)), gradient
+        return cross_entropy(log_p, targets, weights) + penalty_scale * float(np.sum(kernel**2)), gradient
 
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     if val is not None:
         history.update(val_loss=[], val_accuracy=[])
         val_features = np.asarray(val[0], dtype=np.float64)
-        val_rows = np.arange(len(val[1]))
     progress = _EpochProgress("head", settings.head_epochs)
 
     def record(intermediate_result) -> None:
@@ -295,12 +295,12 @@ def _fit_head(
         same = "theta" in last and np.array_equal(theta, last["theta"])
         log_p = last["log_p"] if same else log_probabilities(features, theta)
         logs = {
-            "loss": -float(np.sum(weights * log_p[rows, targets])) / total_weight,
+            "loss": cross_entropy(log_p, targets, weights),
             "accuracy": float(np.mean(log_p.argmax(axis=1) == targets)),
         }
         if val is not None:
             val_log_p = log_probabilities(val_features, theta)
-            logs["val_loss"] = -float(np.mean(val_log_p[val_rows, val[1]]))
+            logs["val_loss"] = cross_entropy(val_log_p, val[1])
             logs["val_accuracy"] = float(np.mean(val_log_p.argmax(axis=1) == val[1]))
         for key, value in logs.items():
             history[key].append(value)
