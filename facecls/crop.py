@@ -26,7 +26,7 @@ from collections import Counter, defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -47,10 +47,11 @@ SUMMARY_NAME = "crop.json"
 FACES_FOLDER = "faces"
 OTHERS_FOLDER = "others"  # faces of other people in the same photos: strangers for open-set calibration
 OTHERS_MANIFEST = "others.csv"
+CHIPS_FOLDER = "chips"  # identity chips (facecls.identity) of faces/ and others/, same names, PNG
 SHEETS_FOLDER = "sheets"
 CACHE_FOLDER = "cache"
 # Bump when a change to detection or cropping changes the crops, so reruns redo old work.
-CROP_ALGORITHM_VERSION = 5
+CROP_ALGORITHM_VERSION = 6  # 6: identity chips
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class PhotoFaces:
     crops: tuple[np.ndarray, ...] = field(default=(), repr=False)  # one RGB crop per chosen face
     others: tuple[int, ...] = ()  # indices of faces that passed the filters but were not chosen
     other_crops: tuple[np.ndarray, ...] = field(default=(), repr=False)  # their crops: other people
+    chips: tuple[np.ndarray, ...] = field(default=(), repr=False)  # identity chip of each chosen face
+    other_chips: tuple[np.ndarray, ...] = field(default=(), repr=False)  # and of each other face
 
 
 @dataclass(frozen=True)
@@ -225,9 +228,13 @@ def alignment_matrix(detection: Detection, margin: float, image_size: int) -> np
 
 def align_face(pixels: np.ndarray, detection: Detection, margin: float, image_size: int) -> np.ndarray:
     """An ``image_size`` square crop with the eyes level and the face at the template's scale and place."""
+    return warp_face(pixels, alignment_matrix(detection, margin, image_size), image_size)
+
+
+def warp_face(pixels: np.ndarray, matrix: np.ndarray, image_size: int) -> np.ndarray:
+    """The ``image_size`` square that the 2x3 photo -> crop similarity ``matrix`` maps the photo to."""
     import cv2
 
-    matrix = alignment_matrix(detection, margin, image_size)
     zoom = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if zoom < 1.0:
         # Shrinking by warpAffine alone aliases: cut out the region the crop covers, shrink it with
@@ -265,7 +272,12 @@ def crop_face(pixels: np.ndarray, detection: Detection, settings: CropSettings) 
 def faces_in_pixels(
     detector: FaceDetector, photos: Sequence[tuple[str, np.ndarray]], crop_settings: CropSettings
 ) -> list[PhotoFaces]:
-    """Detect, choose and crop the faces of decoded photos, batching detection across them."""
+    """Detect, choose and crop the faces of decoded photos, batching detection across them.
+
+    Each face gets two cuts: the classifier's crop and the identity network's chip.
+    """
+    from facecls.identity import identity_chip
+
     found = detector.detect_many([pixels for _, pixels in photos])
     results = []
     for (name, pixels), detections in zip(photos, found):
@@ -273,10 +285,12 @@ def faces_in_pixels(
         choice = choose_faces(detections, width, height, detector.settings, crop_settings.face_policy)
         crops = tuple(crop_face(pixels, detections[index], crop_settings) for index in choice.chosen)
         other_crops = tuple(crop_face(pixels, detections[index], crop_settings) for index in choice.others)
+        chips = tuple(identity_chip(pixels, detections[index]) for index in choice.chosen)
+        other_chips = tuple(identity_chip(pixels, detections[index]) for index in choice.others)
         results.append(
             PhotoFaces(
                 name, choice.status, choice.reason, width, height, tuple(detections), choice.chosen, crops,
-                choice.others, other_crops,
+                choice.others, other_crops, chips, other_chips,
             )
         )
     return results
@@ -464,6 +478,11 @@ def crop_file_name(source_path: str, sha256: str, face_index: int, crop_format: 
     return f"{stem}-{sha256[:8]}-{face_index}.{crop_format}"
 
 
+def chip_path_of(crop_path: str) -> str:
+    """Where the identity chip of the face cropped to ``crop_path`` lies (both relative to the crop folder)."""
+    return str(PurePosixPath(CHIPS_FOLDER) / PurePosixPath(crop_path).with_suffix(".png"))
+
+
 def crop(
     scrape: Path,
     ingest_manifest: Path,
@@ -477,7 +496,9 @@ def crop(
     Writes ``photos.csv`` (every photo, every detection, a status), ``crops.csv`` (every crop,
     linked to its source photo and duplicate group), ``crop.json`` and a contact sheet per person
     in ``sheets/``. The other faces of multi-face photos go to ``others/<person>/`` and
-    ``others.csv``: they are mostly other people, the strangers used to calibrate ``unknown``. Photos done before with the same settings are reused.
+    ``others.csv``: they are mostly other people, the strangers ``unknown`` is measured on. Each
+    crop's identity chip (``chip_path_of``) goes under ``chips/``. Photos done before with the
+    same settings are reused.
     """
     from facecls.ingest import read_ingest_manifest
 
@@ -555,7 +576,8 @@ def _read_cache(cache_dir: Path, sha256: str, out_dir: Path) -> dict | None:
         entry = read_json(path)
     except FaceclsError:
         return None
-    if not all((out_dir / name).exists() for name in entry.get("crop_files", []) + entry.get("other_files", [])):
+    names = entry.get("crop_files", []) + entry.get("other_files", [])
+    if not all((out_dir / name).exists() and (out_dir / chip_path_of(name)).exists() for name in names):
         return None
     return entry
 
@@ -563,18 +585,19 @@ def _read_cache(cache_dir: Path, sha256: str, out_dir: Path) -> dict | None:
 def _store_photo(
     faces: PhotoFaces, record, crop_settings: CropSettings, out_dir: Path, cache_dir: Path
 ) -> dict:
-    def write(folder: str, indices: tuple[int, ...], crops: tuple[np.ndarray, ...]) -> list[str]:
+    def write(folder: str, indices: tuple[int, ...], crops: tuple[np.ndarray, ...], chips: tuple[np.ndarray, ...]) -> list[str]:
         names = []
-        for index, pixels in zip(indices, crops):
+        for index, pixels, chip in zip(indices, crops, chips):
             name = f"{folder}/{record.person}/" + crop_file_name(
                 record.path, record.sha256, index, crop_settings.crop_format
             )
             images.write_image(out_dir / name, pixels)
+            images.write_image(out_dir / chip_path_of(name), chip)
             names.append(name)
         return names
 
-    crop_files = write(FACES_FOLDER, faces.chosen, faces.crops)
-    other_files = write(OTHERS_FOLDER, faces.others, faces.other_crops)
+    crop_files = write(FACES_FOLDER, faces.chosen, faces.crops, faces.chips)
+    other_files = write(OTHERS_FOLDER, faces.others, faces.other_crops, faces.other_chips)
     entry = {
         "status": faces.status,
         "reason": faces.reason,
@@ -638,7 +661,8 @@ def _manifests(records, cached: dict[str, dict]) -> tuple[list[PhotoRecord], lis
 
 def _remove_stale_crops(out_dir: Path, keep: set[str]) -> None:
     # Crops written by earlier settings are ours to remove; the manifests are the truth.
-    for folder in (FACES_FOLDER, OTHERS_FOLDER):
+    keep = keep | {chip_path_of(name) for name in keep}
+    for folder in (FACES_FOLDER, OTHERS_FOLDER, CHIPS_FOLDER):
         for path in (out_dir / folder).rglob("*"):
             if path.is_file() and str(path.relative_to(out_dir)) not in keep:
                 path.unlink()

@@ -25,11 +25,11 @@ WEIGHTS_100_H5 = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet_tfsl
 
 @functools.lru_cache(maxsize=None)
 def celebrity_crops(image_size: int, workers: int = 1) -> tuple[Path, tuple[SplitItem, ...]]:
-    """Crop every 5-celebrity photo; returns (crops folder, one unflipped item per crop).
+    """Crop every 5-celebrity photo (and its identity chip); returns (crops folder, one unflipped item per crop).
 
     Items keep the dataset's own train/val split; a photo without a face is left out.
     """
-    from facecls.crop import FaceCropper
+    from facecls.crop import FaceCropper, chip_path_of
 
     photos = sorted(CELEBRITIES.glob("*/*/*.*"))
     crops_dir = Path(tempfile.mkdtemp(prefix=f"facecls-celebrity-crops-{image_size}-"))
@@ -42,5 +42,6 @@ def celebrity_crops(image_size: int, workers: int = 1) -> tuple[Path, tuple[Spli
             split, person = photo.parent.parent.name, photo.parent.name
             crop_path = f"{split}/{person}/{photo.stem}.png"
             write_image(crops_dir / crop_path, faces.crops[0])
+            write_image(crops_dir / chip_path_of(crop_path), faces.chips[0])
             items.append(SplitItem(crop_path, person, str(photo), photo.stem, split, False, 1.0))
     return crops_dir, tuple(items)

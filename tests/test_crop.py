@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from facecls.config import CropSettings, DetectSettings
-from facecls.crop import FaceCropper, PhotoFaces, choose_faces, crop, crop_face, faces_in_pixels, square_box
+from facecls.crop import (
+    FaceCropper, PhotoFaces, chip_path_of, choose_faces, crop, crop_face, faces_in_pixels, read_crops_manifest, square_box,
+)
 from facecls.detect import Detection, Keypoints, Point
 from facecls.errors import FaceclsError
 from facecls.images import decode_image
@@ -450,6 +452,19 @@ def test_crop_stage_writes_crops_linked_to_their_photo(crop_runs):
         assert record.crop_path.startswith(f"faces/{record.person}/")
         assert record.group == groups[record.source_path]
     assert (out / "photos.csv").exists() and (out / "crops.csv").exists()
+
+
+def test_crop_stage_writes_an_identity_chip_beside_every_crop(crop_runs):
+    out = crop_runs.out
+    others = read_crops_manifest(out / "others.csv")
+    assert len(others) == 1  # the other person in two_people.jpg
+    for record in crop_runs.first.crops + others:
+        chip_path = chip_path_of(record.crop_path)
+        assert chip_path.startswith("chips/") and chip_path.endswith(".png")
+        assert decode_image(out / chip_path).pixels.shape == (150, 150, 3)
+    # every chip file belongs to a crop: none left over from other settings
+    chips = sorted(str(path.relative_to(out)) for path in (out / "chips").rglob("*") if path.is_file())
+    assert chips == sorted(chip_path_of(record.crop_path) for record in crop_runs.back.crops + others)
 
 
 def test_crop_stage_contact_sheets(crop_runs):
