@@ -3,16 +3,17 @@
 ``Classifier`` loads a model dir once and classifies arrays or files: faces are found and
 cropped by the crop stage's ``FaceCropper`` with the detect/crop settings stored in the model
 dir (every face, not only the largest), in worker processes, and each worker runs the crops of
-a chunk of photos through one compiled two-output model (pooled features + probabilities), so
-crops never travel between processes and the driving process needs no TensorFlow: two
-TensorFlow processes on two cores instead of three.
+a chunk of photos through the compiled classifier, and their identity chips through the
+compiled identity network (``facecls.identity``), one batched call each, so crops never travel
+between processes and the driving process needs no TensorFlow: two TensorFlow processes on
+two cores instead of three.
 
 Labels: the most probable person, or ``unknown`` when the face's score is under the
 threshold. With an open-set model in the model dir (``facecls.openset``) the score says how
-typical the face is of the person it resembles most (the share of held-out known faces lying
-farther from their own person, in the model's feature space) and the threshold is the calibrated
-``unknown_threshold`` (``--unknown-threshold`` overrides it). Without one, the score is the
-softmax probability and no face is ever ``unknown`` unless a threshold is given.
+typical the face is of the person the classifier named (the share of that person's held-out
+faces lying farther from their mean, in the identity network's space) and the threshold is the
+calibrated ``unknown_threshold`` (``--unknown-threshold`` overrides it). Without one, the score
+is the softmax probability and no face is ever ``unknown`` unless a threshold is given.
 
 ``classify`` is the batch stage: it writes ``predictions.csv`` and ``predictions.jsonl``
 (one row per face; one row with status ``no_face`` or ``unreadable`` for a photo without a
@@ -127,76 +128,92 @@ class ClassifyResult:
 
 @dataclass(frozen=True)
 class FaceOutputs:
-    """The model's outputs for the classified faces of one photo (its crops already dropped)."""
+    """The networks' outputs for the classified faces of one photo (its crops and chips already dropped)."""
 
     photo: PhotoFaces
-    features: np.ndarray  # [faces, F] pooled features, the open-set model's input
     probabilities: np.ndarray  # [faces, C] softmax over the model's labels
+    identities: np.ndarray | None  # [faces, D] identity descriptors, the open-set model's input (None: no open set)
 
 
 class FaceModel:
-    """A model dir's network run on the crops of a chunk of photos, in one batched call.
+    """A model dir's classifier (and, for the open set, the identity network) run on the faces of
+    a chunk of photos, in one batched call each.
 
     Loads itself on first use, so a copy pickled into each detector worker process loads
     there: the crops are classified where they were cut and never cross between processes,
     and the process driving the workers needs no TensorFlow at all.
     """
 
-    def __init__(self, model_dir: Path, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, model_dir: Path, batch_size: int = DEFAULT_BATCH_SIZE, identity: bool = True):
         self.model_dir = Path(model_dir)
         self.batch_size = batch_size
+        self.identity = identity
         self._model = None
         self._call = None
+        self._describe = None
 
     def __getstate__(self) -> dict:
-        return {"model_dir": self.model_dir, "batch_size": self.batch_size, "_model": None, "_call": None}
+        return {**self.__dict__, "_model": None, "_call": None, "_describe": None}
 
     def load(self):
-        """Load (once) and check the model dir; returns the two-output Keras model.
+        """Load (once) and check the model dir; returns the classifier.
 
         Raises:
             ModelDirError: the model file is missing, cannot be loaded safely, or disagrees
                 with facecls.json.
+            IdentityWeightsError: the open set needs the identity network and its weights are missing.
         """
         import tensorflow as tf
 
-        from facecls.model import build_feature_and_probability_model
+        from facecls.identity import IdentityEncoder
         from facecls.modeldir import load_model_dir
 
         if self._model is None:
-            model = build_feature_and_probability_model(load_model_dir(self.model_dir).model)
+            model = load_model_dir(self.model_dir).model
             # One trace for every number of faces (a chunk of photos holds any number).
             signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
             self._call = tf.function(lambda crops: model(crops, training=False), input_signature=signature)
+            if self.identity:
+                network = IdentityEncoder().model
+                signature = [tf.TensorSpec((None, *network.input_shape[1:]), tf.float32)]
+                self._describe = tf.function(lambda chips: network(chips, training=False), input_signature=signature)
             self._model = model
         return self._model
 
-    def outputs(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features [N, F], probabilities [N, C]) of RGB crops [N, size, size, 3] in [0, 255]."""
+    def outputs(self, crops: np.ndarray, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities [N, C], identity descriptors [N, D] or None without the open set) of
+        RGB crops [N, size, size, 3] and their identity chips [N, 150, 150, 3], both 0-255."""
         model = self.load()
-        crops = np.asarray(crops, dtype=np.float32)
+        crops, chips = np.asarray(crops, dtype=np.float32), np.asarray(chips, dtype=np.float32)
         expected = tuple(model.input_shape[1:])
         if crops.ndim != 4 or crops.shape[1:] != expected:
             raise FaceclsError(f"crops must have shape (N, {', '.join(map(str, expected))}). Received: {crops.shape}")
-        features, probabilities = [], []
-        for start in range(0, len(crops), self.batch_size):
-            batch_features, batch_probabilities = self._call(crops[start : start + self.batch_size])
-            features.append(batch_features.numpy())
-            probabilities.append(batch_probabilities.numpy())
-        if not features:
-            return (np.zeros((0, int(model.output[0].shape[-1])), np.float32),
-                    np.zeros((0, int(model.output[1].shape[-1])), np.float32))
-        return np.concatenate(features), np.concatenate(probabilities)
+        probabilities = [self._call(crops[start : start + self.batch_size]).numpy() for start in range(0, len(crops), self.batch_size)]
+        probabilities = np.concatenate(probabilities) if probabilities else np.zeros((0, int(model.output.shape[-1])), np.float32)
+        if not self.identity:
+            return probabilities, None
+        from facecls.identity import CHIP_SIZE, EMBEDDING_SIZE
+
+        if chips.shape != (len(crops), CHIP_SIZE, CHIP_SIZE, 3):
+            raise FaceclsError(f"chips must have shape ({len(crops)}, {CHIP_SIZE}, {CHIP_SIZE}, 3). Received: {chips.shape}")
+        identities = [self._describe(chips[start : start + self.batch_size]).numpy() for start in range(0, len(chips), self.batch_size)]
+        return probabilities, np.concatenate(identities) if identities else np.zeros((0, EMBEDDING_SIZE), np.float32)
 
     def __call__(self, photos: list[PhotoFaces]) -> list[FaceOutputs]:
-        crops = [crop for photo in photos for crop in photo.crops]
+        from facecls.identity import CHIP_SIZE
+
         size = self.load().input_shape[1]
-        features, probabilities = self.outputs(np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32))
+        crops = [crop for photo in photos for crop in photo.crops]
+        chips = [chip for photo in photos for chip in photo.chips]
+        probabilities, identities = self.outputs(
+            np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32),
+            np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.float32),
+        )
         results, start = [], 0
         for photo in photos:
             end = start + len(photo.crops)
-            bare = dataclasses.replace(photo, crops=(), other_crops=())
-            results.append(FaceOutputs(bare, features[start:end], probabilities[start:end]))
+            bare = dataclasses.replace(photo, crops=(), other_crops=(), chips=(), other_chips=())
+            results.append(FaceOutputs(bare, probabilities[start:end], None if identities is None else identities[start:end]))
             start = end
         return results
 
@@ -255,7 +272,7 @@ class Classifier:
         self.unknown_threshold = self.info.unknown_threshold if unknown_threshold is None else float(unknown_threshold)
         self.score_name = SCORE_NAME if self.open_set is not None else "probability"
         self.batch_size = batch_size
-        self.face_model = FaceModel(self.model_dir, batch_size)
+        self.face_model = FaceModel(self.model_dir, batch_size, identity=self.open_set is not None)
         if workers == 1:
             self.face_model.load()  # in this process: a bad model file fails here, not at the first photo
         crop_settings = dataclasses.replace(self.info.crop_settings, face_policy="all")
@@ -282,14 +299,14 @@ class Classifier:
                 digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()[:16]
 
-    def label_outputs(self, features: np.ndarray, probabilities: np.ndarray) -> list[tuple[str, float, int]]:
-        """(label, score, index of the most probable person) for each face's model outputs."""
+    def label_outputs(self, probabilities: np.ndarray, identities: np.ndarray | None) -> list[tuple[str, float, int]]:
+        """(label, score, index of the most probable person) for each face's network outputs."""
         probabilities = np.asarray(probabilities)
         if len(probabilities) == 0:
             return []
         best = np.argmax(probabilities, axis=1)
         if self.open_set is not None:
-            scores = self.open_set.scores(np.asarray(features), probabilities)
+            scores = self.open_set.scores(np.asarray(identities), best)
         else:
             scores = probabilities[np.arange(len(best)), best]
         results = []
@@ -299,19 +316,10 @@ class Classifier:
             results.append((UNKNOWN if unknown else self.labels[best[index]], score, int(best[index])))
         return results
 
-    def predict_crops(self, crops: np.ndarray) -> list[tuple[str, float, int, np.ndarray]]:
-        """(label, score, best index, probabilities) for each RGB crop of the model's input size."""
-        crops = np.asarray(crops)
-        if len(crops) == 0:
-            return []
-        features, probabilities = self.face_model.outputs(crops)
-        labelled = self.label_outputs(features, probabilities)
-        return [(label, score, best, probabilities[index]) for index, (label, score, best) in enumerate(labelled)]
-
     def _prediction(self, outputs: FaceOutputs) -> PhotoPrediction:
         photo = outputs.photo
         faces = []
-        labelled = self.label_outputs(outputs.features, outputs.probabilities)
+        labelled = self.label_outputs(outputs.probabilities, outputs.identities)
         for number, (index, (label, score, best)) in enumerate(zip(photo.chosen, labelled)):
             probabilities = outputs.probabilities[number]
             detection = photo.detections[index]

@@ -203,6 +203,7 @@ def command_curate(args) -> int:
 
 def command_train(args) -> int:
     from facecls.curate import read_splits
+    from facecls.openset import calibrate_from_crops
     from facecls.train import train_model
 
     out = _run_folder(args.out)
@@ -210,13 +211,19 @@ def command_train(args) -> int:
     items = read_splits(out / "curate" / "splits.csv")
     model_dir = Path(args.model_dir) if args.model_dir else out / "model"
     result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
+    calibration = calibrate_from_crops(model_dir, out / "crop", items)
     accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.3f}"
+    rejection = "n/a" if calibration.stranger_rejection is None else f"{calibration.stranger_rejection:.3f}"
     _summary(
         args,
         f"train: {len(result.labels)} people, {result.train_count} training items, "
-        f"{result.epochs_run} epochs in {result.seconds:.0f} s; val accuracy {accuracy} -> {result.model_dir}",
+        f"{result.epochs_run} epochs in {result.seconds:.0f} s; val accuracy {accuracy}; unknown threshold "
+        f"{calibration.threshold:.3f} (known recall {calibration.known_recall:.3f}, rejects {rejection} of "
+        f"{calibration.stranger_count} other faces) -> {result.model_dir}",
         {"labels": result.labels, "training_items": result.train_count, "epochs": result.epochs_run,
-         "seconds": round(result.seconds, 1), "val_accuracy": result.val_accuracy, "model_dir": result.model_dir},
+         "seconds": round(result.seconds, 1), "val_accuracy": result.val_accuracy, "model_dir": result.model_dir,
+         "unknown_threshold": calibration.threshold, "known_recall": calibration.known_recall,
+         "stranger_rejection": calibration.stranger_rejection},
     )
     return 0
 

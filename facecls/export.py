@@ -216,9 +216,9 @@ def preprocessing_notes(info) -> dict:
         "crop": _crop_notes(crop),
         "unknown": {
             "threshold": info.unknown_threshold,
-            "note": "facecls calls a face unknown by its distance, in the space of its pooled features, to the "
-            "person it resembles most (openset.npz in the model dir); the exported model outputs probabilities only, so a high top "
-            "probability does not prove the face is one of the labels",
+            "note": "facecls calls a face unknown by the distance of its identity descriptor (dlib's face-recognition "
+            "ResNet, facecls.identity) to the mean descriptor of the person named (openset.npz in the model dir); the "
+            "exported model outputs probabilities only, so a high top probability does not prove the face is one of the labels",
         },
     }
 

@@ -902,8 +902,8 @@ def _classify_summary(summary, labels, faces, no_face, unreadable, rows) -> str:
     explain = (
         f"<p>Score: <b>{_e(score)}</b>"
         + (" (softmax probability of the predicted person)" if score == "probability"
-           else " (how typical the face is of the predicted person: the share of held-out faces of known people"
-                " lying farther from their own person)")
+           else " (how typical the face is of the predicted person, by its identity descriptor: the share of"
+                " held-out faces of known people lying farther from their own person)")
         + (f"; faces scoring under <b>{threshold:.3f}</b> are <i>unknown</i>." if threshold is not None
            else "; no threshold: no face is called unknown.")
         + (f" Photos were sorted into the label folders ({_e(summary.get('sort'))})." if summary.get("sort") not in (None, "none") else "")

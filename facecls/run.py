@@ -95,6 +95,7 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     from facecls.crop import crop
     from facecls.curate import curate
     from facecls.ingest import ingest
+    from facecls.openset import calibrate_from_crops
 
     previous = _read_previous(run_dir / RUN_SUMMARY)
     with output_lock(model_dir.parent):
@@ -114,7 +115,8 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         from facecls.train import train_model
 
         train_model(curated.items, run_dir / "crop", settings.train, model_dir, settings.crop, settings.detect)
-        _calibrate_unknown(model_dir, run_dir / "crop", curated.items)
+    if trained or not _open_set_current(model_dir):  # a reused model calibrated by an older facecls too
+        calibrate_from_crops(model_dir, run_dir / "crop", curated.items)
     record = {
         "scrape": str(scrape.resolve()),
         "model_dir": str(model_dir),
@@ -196,13 +198,14 @@ def _reusable(previous: dict, fingerprint: str, model_dir: Path) -> bool:
         return False
 
 
-def _calibrate_unknown(model_dir: Path, crops_dir: Path, items) -> None:
-    """Store the open-set 'unknown' threshold: held-out faces as known, others.csv as strangers."""
-    from facecls.crop import read_crops_manifest
-    from facecls.openset import calibrate_model_dir
+def _open_set_current(model_dir: Path) -> bool:
+    from facecls.openset import load_open_set
 
-    strangers = [record.crop_path for record in read_crops_manifest(crops_dir / "others.csv")]
-    calibrate_model_dir(model_dir, crops_dir, items, strangers)
+    try:
+        return load_open_set(model_dir, modeldir.read_model_info(model_dir).labels) is not None
+    except FaceclsError as error:
+        logger.info("Recalibrating 'unknown': %s", error)
+        return False
 
 
 def _evaluate_test_split(model_dir: Path, crops_dir: Path, items, out_dir: Path) -> dict | None:

@@ -92,3 +92,26 @@ def test_rerun_reuses_finished_work_and_the_scrape_is_untouched(finished_run, fo
     crop_summary = json.loads((run_dir / "crop" / "crop.json").read_text())
     assert crop_summary["reused"] == crop_summary["photos"]
     assert folder_snapshot(scrape) == before
+
+
+def test_rerun_recalibrates_unknown_of_a_model_calibrated_by_an_older_facecls(finished_run, capsys):
+    import numpy as np
+
+    from facecls.modeldir import OPEN_SET_FILE
+    from facecls.openset import SCORE_NAME, load_open_set
+
+    _, run_dir, _, argv = finished_run
+    model_dir = run_dir / "model"
+    model_mtime = (model_dir / "model.keras").stat().st_mtime_ns
+    labels = load_model_dir(model_dir).labels
+    current = load_open_set(model_dir, labels)
+    # an open-set file of an earlier score: classify would refuse it
+    np.savez(model_dir / OPEN_SET_FILE, score=np.array("mahalanobis_share"), labels=np.array(labels))
+    assert main(argv) == 0
+    assert "reused model" in capsys.readouterr().out
+    assert (model_dir / "model.keras").stat().st_mtime_ns == model_mtime  # not retrained
+    again = load_open_set(model_dir, labels)
+    with np.load(model_dir / OPEN_SET_FILE) as data:
+        assert str(data["score"]) == SCORE_NAME
+    assert np.array_equal(again.class_means, current.class_means)
+    assert np.array_equal(again.reference_distances, current.reference_distances)
