@@ -475,8 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--unknown-threshold",
         type=float,
         default=None,
-        help="faces scoring below this are unknown (default: the model dir's calibrated threshold; "
-        "an uncalibrated model compares it with the softmax probability and never says unknown without it)",
+        help="a face scoring below this against every person is unknown, 0 never (default: the model dir's "
+        "calibrated threshold; an uncalibrated model compares it with the softmax probability and never says "
+        "unknown without it)",
     )
     classify.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
     classify.set_defaults(handler=command_classify)

@@ -225,15 +225,15 @@ def build_identity_network(layers: list[DlibLayer]) -> "keras.Model":
         layer.set_weights([kernel * gamma, bias * gamma + beta])
         return x
 
-    def pool(x, name: str):
+    def pooling() -> tuple[tuple[int, int], tuple[int, int]]:
+        """(size, strides) of the next pooling layer."""
         rows, cols, stride_y, stride_x, padding_y, padding_x = queue.pop(0).numbers
         if (padding_y, padding_x) != (0, 0):
             raise IdentityWeightsError(f"unsupported pooling padding {padding_y, padding_x}")
-        return x, (rows, cols), (stride_y, stride_x)
+        return (rows, cols), (stride_y, stride_x)
 
     x = keras.layers.ReLU(name="stem_relu")(convolution(x, "stem"))
-    x, size, strides = pool(x, "stem_pool")
-    x = keras.layers.MaxPooling2D(size, strides, name="stem_pool")(x)
+    x = keras.layers.MaxPooling2D(*pooling(), name="stem_pool")(x)
     for stage, (_, count, down) in enumerate(_STAGES):
         for block in range(count):
             name = f"stage{stage}_block{block}"
@@ -241,8 +241,7 @@ def build_identity_network(layers: list[DlibLayer]) -> "keras.Model":
             y = keras.layers.ReLU(name=f"{name}_relu1")(convolution(x, f"{name}_conv1"))
             y = convolution(y, f"{name}_conv2")
             if down and block == 0:
-                _, size, strides = pool(None, "")
-                shortcut = keras.layers.AveragePooling2D(size, strides, name=f"{name}_shortcut")(shortcut)
+                shortcut = keras.layers.AveragePooling2D(*pooling(), name=f"{name}_shortcut")(shortcut)
             x = keras.layers.ReLU(name=f"{name}_relu2")(_add_padded(y, shortcut, f"{name}_add"))
     queue.pop(0)  # dlib's avg_pool_everything
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
