@@ -24,6 +24,7 @@ Usage: .venv/bin/python benchmarks/bench_accuracy.py [--seeds 5] [--alphas 0.35 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import statistics
@@ -31,15 +32,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from facecls.config import CropSettings, CurateSettings, DetectSettings, TrainSettings  # noqa: E402
-from facecls.crop import crop, read_crops_manifest  # noqa: E402
+from facecls.crop import chip_path_of, crop, read_crops_manifest  # noqa: E402
 from facecls.curate import curate  # noqa: E402
 from facecls.evaluate import crops_from_labelled_folder, evaluate_crops, load_split_crops  # noqa: E402
 from facecls.ingest import ingest  # noqa: E402
 from facecls.modeldir import load_model_dir  # noqa: E402
-from facecls.openset import calibrate_model_dir  # noqa: E402
+from facecls.identity import IdentityEncoder  # noqa: E402
+from facecls.images import read_rgb  # noqa: E402
+from facecls.model import predict_probabilities  # noqa: E402
+from facecls.openset import calibrate_model_dir, load_open_set  # noqa: E402
 from facecls.train import train_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -61,18 +67,28 @@ def prepare(scrape: Path, out: Path, crop_settings: CropSettings) -> Path:
     return out / "crop"
 
 
-def strangers(crops_dir: Path, other_crops_dir: Path) -> list[str]:
-    """Other people's faces in the scrape's photos, plus every face of the other data set (absolute)."""
-    others = [record.crop_path for record in read_crops_manifest(crops_dir / "others.csv")]
-    return others + [str(other_crops_dir / record.crop_path) for record in read_crops_manifest(other_crops_dir / "crops.csv")]
-
-
-def train_and_calibrate(items, crops_dir, settings, model_dir, crop_settings, stranger_paths):
+def train_and_calibrate(items, crops_dir, settings, model_dir, crop_settings, other_crops_dir):
+    """Train and calibrate; stranger rejection over the scrape's other people and every face of the other data set."""
     started = time.perf_counter()
     train_model(items, crops_dir, settings, model_dir, crop_settings, DetectSettings())
     seconds = time.perf_counter() - started
-    calibration = calibrate_model_dir(model_dir, crops_dir, items, stranger_paths)
-    return seconds, calibration
+    others = [record.crop_path for record in read_crops_manifest(crops_dir / "others.csv")]
+    calibration = calibrate_model_dir(model_dir, crops_dir, items, others)
+    rejected, count = other_set_rejected(model_dir, other_crops_dir)
+    rejection = (calibration.stranger_rejection * calibration.stranger_count + rejected) / (calibration.stranger_count + count)
+    return seconds, dataclasses.replace(calibration, stranger_rejection=rejection, stranger_count=calibration.stranger_count + count)
+
+
+def other_set_rejected(model_dir: Path, other_crops_dir: Path) -> tuple[int, int]:
+    """(unknown, faces) over the crops of another crop folder, decided as classify decides."""
+    loaded = load_model_dir(model_dir)
+    records = read_crops_manifest(other_crops_dir / "crops.csv")
+    crops = np.stack([read_rgb(other_crops_dir / record.crop_path) for record in records])
+    chips = np.stack([read_rgb(other_crops_dir / chip_path_of(record.crop_path)) for record in records])
+    open_set = load_open_set(model_dir, loaded.labels)
+    named, _ = open_set.decide(IdentityEncoder().embed(chips), predict_probabilities(loaded.model, crops),
+                               loaded.info.unknown_threshold)
+    return int(np.sum(named < 0)), len(records)
 
 
 def five_celebrity(alpha: float, out: Path, crop_settings: CropSettings, five_crops: Path, six_crops: Path) -> dict:
@@ -80,7 +96,7 @@ def five_celebrity(alpha: float, out: Path, crop_settings: CropSettings, five_cr
     model_dir = out / f"five-model-{alpha}"
     seconds, calibration = train_and_calibrate(
         curated.items, five_crops, TrainSettings(alpha=alpha, weights=str(WEIGHTS[alpha])), model_dir, crop_settings,
-        strangers(five_crops, six_crops),
+        six_crops,
     )
     loaded = load_model_dir(model_dir)
     found = crops_from_labelled_folder(loaded, FIVE / "val")
@@ -96,7 +112,7 @@ def scraped(alpha: float, seeds: int, out: Path, crop_settings: CropSettings, si
         model_dir = out / f"six-model-{alpha}-{seed}"
         seconds, calibration = train_and_calibrate(
             curated.items, six_crops, TrainSettings(alpha=alpha, weights=str(WEIGHTS[alpha]), seed=seed), model_dir,
-            crop_settings, strangers(six_crops, five_crops),
+            crop_settings, five_crops,
         )
         test = load_split_crops(curated.items, six_crops, "test")
         report = evaluate_crops(load_model_dir(model_dir), test, out / f"six-test-{alpha}-{seed}")

@@ -479,8 +479,15 @@ def crop_file_name(source_path: str, sha256: str, face_index: int, crop_format: 
 
 
 def chip_path_of(crop_path: str) -> str:
-    """Where the identity chip of the face cropped to ``crop_path`` lies (both relative to the crop folder)."""
-    return str(PurePosixPath(CHIPS_FOLDER) / PurePosixPath(crop_path).with_suffix(".png"))
+    """Where the identity chip of the face cropped to ``crop_path`` lies (both relative to the crop folder).
+
+    Raises:
+        FaceclsError: ``crop_path`` is absolute.
+    """
+    path = PurePosixPath(crop_path)
+    if path.is_absolute():
+        raise FaceclsError(f"Crop paths must be relative to their crop folder. Received: {crop_path}")
+    return str(PurePosixPath(CHIPS_FOLDER) / path.with_suffix(".png"))
 
 
 def crop(
