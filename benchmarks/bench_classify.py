@@ -41,6 +41,9 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.h5"
 KNOWN = ("angelina_jolie", "brad_pitt", "messi")
 # Words that name the known people in the hard-cases manifest: those files are not strangers.
 KNOWN_WORDS = {"angelina_jolie": ("jolie",), "brad_pitt": ("pitt",), "messi": ("messi",)}
+# Hard cases that show known people although the manifest does not name them (seen by eye):
+# the group selfie has Angelina Jolie and Brad Pitt among its ten faces.
+SHOWS = {"selfie-many-people.jpg": ("angelina_jolie", "brad_pitt")}
 
 
 def photo_files(*folders: Path) -> list[Path]:
@@ -80,7 +83,8 @@ def stranger_photos(known: tuple[str, ...]) -> list[Path]:
     with open(DATA / "hard-cases" / "manifest.csv", newline="") as file:
         for row in csv.DictReader(file):
             text = " ".join(row.values()).lower()
-            if row["pillow_decode"] == "decodes" and not any(word in text for word in words):
+            shown = SHOWS.get(row["file"], ())
+            if row["pillow_decode"] == "decodes" and not any(word in text for word in words) and not set(shown) & set(known):
                 photos.append(DATA / "hard-cases" / row["category"] / row["file"])
     return photos
 
