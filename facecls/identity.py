@@ -16,7 +16,6 @@ of dlib's own landmark model. ``tests/test_identity.py`` checks the descriptors 
 from __future__ import annotations
 
 import importlib.resources
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
     import keras
 
     from facecls.detect import Detection
-
-logger = logging.getLogger(__name__)
 
 CHIP_SIZE = 150
 EMBEDDING_SIZE = 128
@@ -287,18 +284,12 @@ def identity_chip(pixels: np.ndarray, detection: "Detection") -> np.ndarray:
 
 
 class IdentityEncoder:
-    """Face chips in, identity descriptors out; loads the network once.
-
-    Picklable before it is used (``FaceModel`` carries one into classify's worker processes).
-    """
+    """Face chips in, identity descriptors out; loads the network once, on first use."""
 
     def __init__(self, weights_path: Path | None = None, batch_size: int = 32):
         self.weights_path = None if weights_path is None else Path(weights_path)
         self.batch_size = batch_size
         self._model = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_model": None}
 
     @property
     def model(self) -> "keras.Model":

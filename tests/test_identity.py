@@ -7,6 +7,7 @@ import pytest
 
 from celebrity_crops import CELEBRITIES, SHARED
 from facecls import identity
+from facecls.errors import FaceclsError
 from facecls.identity import CHIP_SIZE, IdentityEncoder, IdentityWeightsError, read_dlib_network
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared photos not found at {SHARED}")
@@ -106,6 +107,6 @@ def test_the_network_reads_the_whole_architecture():
 
 
 def test_chips_of_the_wrong_shape_are_refused(encoder):
-    with pytest.raises(Exception, match=r"Identity chips must have shape \(N, 150, 150, 3\)"):
+    with pytest.raises(FaceclsError, match=r"Identity chips must have shape \(N, 150, 150, 3\)"):
         encoder.embed(np.zeros((2, 96, 96, 3), np.uint8))
     assert encoder.embed(np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)).shape == (0, 128)
