@@ -38,19 +38,25 @@ def one_hot(indices, classes=2):
     return np.eye(classes)[indices]
 
 
+def two_people(seed, dimensions, held_out_count):
+    """Two people 1 apart on their own axes, descriptors scattered 0.1 per dimension: 40 training
+    faces each, ``held_out_count`` held out each. Returns (rng, train, person indices, held out, truth)."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros((2, dimensions))
+    means[0, 0], means[1, 1] = 1.0, 1.0
+    train, held_out = gaussian_people(rng, 40, means, 0.1), gaussian_people(rng, held_out_count, means, 0.1)
+    return rng, train, np.repeat([0, 1], 40), held_out, np.repeat([0, 1], held_out_count)
+
+
 def test_strangers_far_from_every_known_person_fall_under_the_threshold():
     # Two people whose descriptors scatter 0.1 per dimension around their means; strangers
     # scatter as much around means of their own, as far from both as the two are apart.
-    rng = np.random.default_rng(0)
-    means = np.zeros((2, 16))
-    means[0, 0], means[1, 1] = 1.0, 1.0
-    train, held_out = gaussian_people(rng, 40, means, 0.1), gaussian_people(rng, 30, means, 0.1)
-    truth = np.repeat([0, 1], 30)
+    rng, train, people, held_out, truth = two_people(0, 16, 30)
     stranger_means = np.zeros((2, 16))
     stranger_means[0, 2], stranger_means[1, 3] = 1.0, 1.0
     strangers = gaussian_people(rng, 30, stranger_means, 0.1)
     model, calibration = calibrate(
-        ("a", "b"), (train, np.repeat([0, 1], 40)), (held_out, one_hot(truth), truth), (strangers, one_hot(np.zeros(60, int)))
+        ("a", "b"), (train, people), (held_out, one_hot(truth), truth), (strangers, one_hot(np.zeros(60, int)))
     )
     assert calibration.known_recall >= 0.95 and calibration.known_accuracy == calibration.known_recall
     assert calibration.stranger_rejection == 1.0
@@ -59,16 +65,12 @@ def test_strangers_far_from_every_known_person_fall_under_the_threshold():
 
 
 def test_a_known_face_the_classifier_misnames_gets_the_person_it_plainly_is():
-    rng = np.random.default_rng(5)
-    means = np.zeros((2, 8))
-    means[0, 0], means[1, 1] = 1.0, 1.0
-    train, held_out = gaussian_people(rng, 40, means, 0.1), gaussian_people(rng, 20, means, 0.1)
-    truth = np.repeat([0, 1], 20)
+    _, train, people, held_out, truth = two_people(5, 8, 20)
     named = truth.copy()
     named[:4] = 1  # the classifier finds four of the first person more like the second
     probabilities = np.where(one_hot(named) == 1, 0.9, 0.1)
-    model, calibration = calibrate(("a", "b"), (train, np.repeat([0, 1], 40)), (held_out, probabilities, truth), None)
-    _, correct_only = calibrate(("a", "b"), (train, np.repeat([0, 1], 40)), (held_out, one_hot(truth), truth), None)
+    model, calibration = calibrate(("a", "b"), (train, people), (held_out, probabilities, truth), None)
+    _, correct_only = calibrate(("a", "b"), (train, people), (held_out, one_hot(truth), truth), None)
     assert calibration.threshold == correct_only.threshold  # set on each face's own person
     decided, scores = model.decide(held_out[:4], probabilities[:4], calibration.threshold)
     assert decided.tolist() == [0, 0, 0, 0] and np.all(scores >= calibration.threshold)
