@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -203,12 +204,16 @@ def command_curate(args) -> int:
 
 def command_train(args) -> int:
     from facecls.curate import read_splits
-    from facecls.openset import calibrate_from_crops
-    from facecls.train import train_model
+    from facecls.run import check_weights
 
     out = _run_folder(args.out)
     detect_settings, crop_settings = _settings_from_crop_summary(out / "crop")
     items = read_splits(out / "curate" / "splits.csv")
+    check_weights(_train_settings(args))
+    # TensorFlow prints its start-up lines when first imported: after the checks, not before their errors.
+    from facecls.openset import calibrate_from_crops
+    from facecls.train import train_model
+
     model_dir = Path(args.model_dir) if args.model_dir else out / "model"
     result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
     calibration = calibrate_from_crops(model_dir, out / "crop", items)
@@ -555,6 +560,29 @@ def _add_output_options(parser: argparse.ArgumentParser, default) -> None:
                         help="print the closing summary as one JSON object on one line")
 
 
+def _first_missing_folder(out: str | None) -> Path | None:
+    """The outermost folder of ``out`` that does not exist yet: what this command may create."""
+    if not out:
+        return None
+    missing = None
+    for folder in [Path(out), *Path(out).parents]:
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_if_nothing_written(folder: Path | None) -> None:
+    """Remove a folder this command created when it failed before writing anything but locks into it."""
+    from facecls.manifest import LOCK_NAME
+
+    if folder is None or not folder.is_dir() or folder.is_symlink():
+        return
+    entries = list(folder.rglob("*"))
+    if all(entry.is_dir() or entry.name == LOCK_NAME for entry in entries):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
@@ -567,16 +595,19 @@ def main(argv: list[str] | None = None) -> int:
         # tqdm reads TQDM_* variables when it is first imported (stages import it lazily, after
         # this), and worker processes inherit them.
         os.environ["TQDM_DISABLE"] = "1"
+    created = _first_missing_folder(getattr(args, "out", None))
     try:
         if getattr(args, "workers", None) is not None and args.workers < 1:
             raise FaceclsError(f"--workers must be at least 1. Received: {args.workers}. Leave it out for one per core.")
         return args.handler(args)
     except FaceclsError as error:
+        _remove_if_nothing_written(created)
         if args.debug:
             raise
         print(f"facecls: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _remove_if_nothing_written(created)
         print("facecls: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
     finally:
