@@ -284,11 +284,17 @@ def _run_summary(args, result, extra: dict | None = None) -> None:
     else:
         low, high = result.test_accuracy_interval
         accuracy = f"{result.test_accuracy:.3f} (95% CI {low:.3f}-{high:.3f})"
+    if result.stranger_rejection is None:
+        rejection = "no other people's faces in the scrape to measure it on"
+    else:
+        rejected = round(result.stranger_rejection * result.stranger_count)
+        rejection = f"rejects {rejected} of {result.stranger_count} other people's faces"
     _summary(
         args,
         f"{args.command}: {result.files} files, {result.usable_photos} usable photos, {result.faces} faces kept; "
         f"crops train {counts['train']} / val {counts['val']} / test {counts['test']}; "
-        f"test accuracy {accuracy}; {'trained' if result.trained else 'reused'} model in {result.seconds:.0f} s\n"
+        f"test accuracy {accuracy}; unknown (threshold {result.unknown_threshold:.3f}) {rejection}; "
+        f"model {'trained' if result.trained else 'reused'}, whole run {result.seconds:.0f} s\n"
         f"model: {result.model_dir}\nreport: {result.run_dir / REPORT_NAME}",
         {**(extra or {}), **dataclasses.asdict(result), "report": result.run_dir / REPORT_NAME},
     )
@@ -309,10 +315,14 @@ def command_classify(args) -> int:
     from facecls.report import REPORT_NAME
 
     people = ", ".join(f"{label} {count}" for label, count in result.label_counts.items()) or "none"
+    if result.classified == 0 and result.skipped:
+        done = f"all {result.skipped} photos were already classified"
+    else:
+        done = (f"{result.classified} classified now, {result.skipped} already done, "
+                f"{result.photos_per_second:.1f} photos/s")
     _summary(
         args,
-        f"classify: {result.photos} photos ({result.classified} classified now, {result.skipped} already done, "
-        f"{result.photos_per_second:.1f} photos/s), {result.faces} faces: {people}; "
+        f"classify: {result.photos} photos ({done}), {result.faces} faces: {people}; "
         f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}\n"
         f"report: {result.out_dir / REPORT_NAME}",
         {**dataclasses.asdict(result), "report": result.out_dir / REPORT_NAME},

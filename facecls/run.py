@@ -68,7 +68,10 @@ class RunResult:
     test_accuracy: float | None
     test_accuracy_interval: tuple[float, float] | None
     trained: bool  # False when an earlier identical training was reused
-    seconds: float
+    unknown_threshold: float
+    stranger_rejection: float | None  # share of the other people's faces in the scrape called unknown
+    stranger_count: int  # those faces (from photos of several people); 0: nothing to measure it on
+    seconds: float  # the whole run, every stage
 
 
 def _training_fingerprint(splits_manifest: Path, settings: RunSettings) -> str:
@@ -123,13 +126,21 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         from facecls.train import train_model
 
         train_model(curated.items, run_dir / "crop", settings.train, model_dir, settings.crop, settings.detect)
-    if trained or not _open_set_current(model_dir):  # a reused model calibrated by an older facecls too
-        calibrate_from_crops(model_dir, run_dir / "crop", curated.items)
+    open_set = previous.get("open_set") if not trained else None
+    if trained or not open_set or not _open_set_current(model_dir):  # a reused model calibrated by an older facecls too
+        calibration = calibrate_from_crops(model_dir, run_dir / "crop", curated.items)
+        open_set = {
+            "unknown_threshold": calibration.threshold,
+            "known_recall": calibration.known_recall,
+            "stranger_rejection": calibration.stranger_rejection,
+            "stranger_count": calibration.stranger_count,
+        }
     record = {
         "scrape": str(scrape.resolve()),
         "model_dir": str(model_dir),
         "training_fingerprint": fingerprint,
         "model_sha256": sha256_file(model_dir / modeldir.MODEL_FILE),
+        "open_set": open_set,  # how 'unknown' was calibrated, and how many of the other people's faces it rejects
         "settings": {name: settings_to_dict(value) for name, value in vars(settings).items()},
     }
     # Recorded before evaluation: a run killed from here on reuses this model. The model's hash
@@ -150,6 +161,9 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         test_accuracy=evaluation.get("accuracy") if evaluation else None,
         test_accuracy_interval=tuple(evaluation["accuracy_interval"]) if evaluation else None,
         trained=trained,
+        unknown_threshold=open_set["unknown_threshold"],
+        stranger_rejection=open_set["stranger_rejection"],
+        stranger_count=open_set["stranger_count"],
         seconds=time.perf_counter() - started,
     )
     write_json(
