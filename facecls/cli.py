@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -203,12 +204,16 @@ def command_curate(args) -> int:
 
 def command_train(args) -> int:
     from facecls.curate import read_splits
-    from facecls.openset import calibrate_from_crops
-    from facecls.train import train_model
+    from facecls.run import check_weights
 
     out = _run_folder(args.out)
     detect_settings, crop_settings = _settings_from_crop_summary(out / "crop")
     items = read_splits(out / "curate" / "splits.csv")
+    check_weights(_train_settings(args))
+    # TensorFlow prints its start-up lines when first imported: after the checks, not before their errors.
+    from facecls.openset import calibrate_from_crops
+    from facecls.train import train_model
+
     model_dir = Path(args.model_dir) if args.model_dir else out / "model"
     result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
     calibration = calibrate_from_crops(model_dir, out / "crop", items)
@@ -279,11 +284,17 @@ def _run_summary(args, result, extra: dict | None = None) -> None:
     else:
         low, high = result.test_accuracy_interval
         accuracy = f"{result.test_accuracy:.3f} (95% CI {low:.3f}-{high:.3f})"
+    if result.stranger_rejection is None:
+        rejection = "no other people's faces in the scrape to measure it on"
+    else:
+        rejected = round(result.stranger_rejection * result.stranger_count)
+        rejection = f"rejects {rejected} of {result.stranger_count} other people's faces"
     _summary(
         args,
         f"{args.command}: {result.files} files, {result.usable_photos} usable photos, {result.faces} faces kept; "
         f"crops train {counts['train']} / val {counts['val']} / test {counts['test']}; "
-        f"test accuracy {accuracy}; {'trained' if result.trained else 'reused'} model in {result.seconds:.0f} s\n"
+        f"test accuracy {accuracy}; unknown (threshold {result.unknown_threshold:.3f}) {rejection}; "
+        f"model {'trained' if result.trained else 'reused'}, whole run {result.seconds:.0f} s\n"
         f"model: {result.model_dir}\nreport: {result.run_dir / REPORT_NAME}",
         {**(extra or {}), **dataclasses.asdict(result), "report": result.run_dir / REPORT_NAME},
     )
@@ -304,10 +315,14 @@ def command_classify(args) -> int:
     from facecls.report import REPORT_NAME
 
     people = ", ".join(f"{label} {count}" for label, count in result.label_counts.items()) or "none"
+    if result.classified == 0 and result.skipped:
+        done = f"all {result.skipped} photos were already classified"
+    else:
+        done = (f"{result.classified} classified now, {result.skipped} already done, "
+                f"{result.photos_per_second:.1f} photos/s")
     _summary(
         args,
-        f"classify: {result.photos} photos ({result.classified} classified now, {result.skipped} already done, "
-        f"{result.photos_per_second:.1f} photos/s), {result.faces} faces: {people}; "
+        f"classify: {result.photos} photos ({done}), {result.faces} faces: {people}; "
         f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}\n"
         f"report: {result.out_dir / REPORT_NAME}",
         {**dataclasses.asdict(result), "report": result.out_dir / REPORT_NAME},
@@ -555,6 +570,29 @@ def _add_output_options(parser: argparse.ArgumentParser, default) -> None:
                         help="print the closing summary as one JSON object on one line")
 
 
+def _first_missing_folder(out: str | None) -> Path | None:
+    """The outermost folder of ``out`` that does not exist yet: what this command may create."""
+    if not out:
+        return None
+    missing = None
+    for folder in [Path(out), *Path(out).parents]:
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_if_nothing_written(folder: Path | None) -> None:
+    """Remove a folder this command created when it failed before writing anything but locks into it."""
+    from facecls.manifest import LOCK_NAME
+
+    if folder is None or not folder.is_dir() or folder.is_symlink():
+        return
+    entries = list(folder.rglob("*"))
+    if all(entry.is_dir() or entry.name == LOCK_NAME for entry in entries):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
@@ -567,16 +605,19 @@ def main(argv: list[str] | None = None) -> int:
         # tqdm reads TQDM_* variables when it is first imported (stages import it lazily, after
         # this), and worker processes inherit them.
         os.environ["TQDM_DISABLE"] = "1"
+    created = _first_missing_folder(getattr(args, "out", None))
     try:
         if getattr(args, "workers", None) is not None and args.workers < 1:
             raise FaceclsError(f"--workers must be at least 1. Received: {args.workers}. Leave it out for one per core.")
         return args.handler(args)
     except FaceclsError as error:
+        _remove_if_nothing_written(created)
         if args.debug:
             raise
         print(f"facecls: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _remove_if_nothing_written(created)
         print("facecls: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
     finally:

@@ -18,6 +18,22 @@ T = TypeVar("T")
 FACE_POLICIES = ("largest", "most_confident", "all", "skip")
 BALANCE_POLICIES = ("undersample", "oversample", "weight", "none")
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+# Where Keras downloads the ImageNet weights of MobileNetV2 from (keras.applications.mobilenet_v2).
+IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+
+
+def imagenet_weights_file_name(alpha: float) -> str:
+    """The file name Keras downloads for a no-top MobileNetV2 trained at 224 pixels."""
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5"
+
+
+def weights_hint(alpha: float) -> str:
+    """How to give the no-top weights for ``alpha`` to a machine without internet, in one sentence."""
+    file_name = imagenet_weights_file_name(alpha)
+    return (
+        f"Pass --weights PATH to a no-top MobileNetV2 weights file for alpha {alpha} (.h5 or .weights.h5), "
+        f"e.g. {file_name} from {IMAGENET_WEIGHTS_URL}{file_name}"
+    )
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:

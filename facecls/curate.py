@@ -50,6 +50,24 @@ class CurateResult:
     manifest_path: Path
 
 
+def check_enough_photos(counts: dict[str, int], what: str, settings: CurateSettings) -> None:
+    """Fail when a person has fewer than the split needs: 2 train, and 1 val and 1 test when those are on.
+
+    ``counts`` is person -> how many ``what`` (files, usable photos, distinct face photos).
+    """
+    need_val = 1 if settings.val_fraction > 0 else 0
+    need_test = 1 if settings.test_fraction > 0 else 0
+    minimum = MIN_TRAIN_GROUPS + need_val + need_test
+    short = {person: count for person, count in counts.items() if count < minimum}
+    if short:
+        listing = ", ".join(f"{person} has {count}" for person, count in sorted(short.items()))
+        raise FaceclsError(
+            f"Too few {what} to split: {listing}; each person needs at least {minimum} distinct face photos "
+            f"({MIN_TRAIN_GROUPS} train{', 1 val' if need_val else ''}{', 1 test' if need_test else ''}). "
+            "Add photos of them, or remove their folders from the scrape."
+        )
+
+
 def split_groups(
     crops: list[CropRecord], settings: CurateSettings
 ) -> dict[str, str]:
@@ -63,15 +81,8 @@ def split_groups(
         size[crop.group] += 1
     need_val = 1 if settings.val_fraction > 0 else 0
     need_test = 1 if settings.test_fraction > 0 else 0
-    minimum = MIN_TRAIN_GROUPS + need_val + need_test
-    short = {person: len(groups) for person, groups in groups_by_person.items() if len(groups) < minimum}
-    if short:
-        listing = ", ".join(f"{person} has {count}" for person, count in sorted(short.items()))
-        raise FaceclsError(
-            f"Too few distinct face photos to split: {listing}; each person needs at least {minimum} "
-            f"({MIN_TRAIN_GROUPS} train{', 1 val' if need_val else ''}{', 1 test' if need_test else ''}). "
-            "Add photos of them, or remove their folders from the scrape."
-        )
+    check_enough_photos({person: len(groups) for person, groups in groups_by_person.items()}, "distinct face photos",
+                        settings)
     assignment: dict[str, str] = {}
     for person in sorted(groups_by_person):
         groups = sorted(groups_by_person[person])

@@ -149,10 +149,10 @@ def demo(
         FaceclsError: LFW cannot be had (see ``prepare_scrape``), or any stage's error.
     """
     from facecls.report import REPORT_NAME
-    from facecls.run import RunSettings, _check_weights, run
+    from facecls.run import RunSettings, check_weights, run
 
     settings = settings or RunSettings()
-    _check_weights(settings.train.weights)  # fail before the download, not after it
+    check_weights(settings.train)  # fail before the download, not after it
     out_dir = Path(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     scrape = prepare_scrape(out_dir / SCRAPE_FOLDER, lfw_home, people, photos_per_person)

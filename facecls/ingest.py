@@ -107,6 +107,44 @@ def list_scrape(scrape: Path) -> list[tuple[Path, str]]:
     return files
 
 
+def check_scrape_layout(scrape: Path, files: list[tuple[Path, str]]) -> list[str]:
+    """The people of a scrape listed by ``list_scrape``, once it holds files of at least two.
+
+    Raises:
+        FaceclsError: fewer than two person folders hold a file; says what the folder holds
+            instead (files directly in it, empty person folders) and how to lay it out.
+    """
+    people = sorted({person for _, person in files if person})
+    if len(people) >= 2:
+        return people
+    loose = [path.name for path, person in files if not person and path.parent == scrape]
+    folders = sorted(entry.name for entry in scrape.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    empty = [name for name in folders if name not in people]
+    found = []
+    if loose:
+        example = ", ".join(loose[:2]) + (", ..." if len(loose) > 2 else "")
+        found.append(f"{_count(len(loose), 'file')} directly in it ({example}), which belong to no person")
+    if people:
+        found.append(f"photos of one person only ({people[0]})")
+    if empty:
+        found.append(f"{_count(len(empty), 'empty person folder')} ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})")
+    layout = f"{scrape}/<person>/<photos>"
+    if not found:
+        raise FaceclsError(f"No photos found in {scrape}. Expected one folder per person: {layout}.")
+    if loose:
+        fix = f"Move each person's photos into a folder named after them, e.g. {scrape / 'alice' / loose[0]}."
+    else:
+        fix = "Add a folder of photos for each person to tell apart."
+    raise FaceclsError(
+        f"{scrape} needs photos of at least two people, one folder per person ({layout}, the folder "
+        f"name is the label). Received: {'; '.join(found)}. {fix}"
+    )
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _dangling_link_reason(path: Path) -> str:
     try:
         os.stat(path)
@@ -240,16 +278,7 @@ def ingest(scrape: Path, out_dir: Path, settings: IngestSettings = IngestSetting
     """
     scrape, out_dir = Path(scrape), Path(out_dir)
     files = list_scrape(scrape)
-    people = sorted({person for _, person in files if person})
-    if not people:
-        raise FaceclsError(
-            f"No photos found in {scrape}. Expected one folder per person: {scrape}/<person>/<photos>."
-        )
-    if len(people) < 2:
-        raise FaceclsError(
-            f"{scrape} holds photos of one person only ({people[0]}). "
-            "A classifier needs at least two people: add a folder per person."
-        )
+    people = check_scrape_layout(scrape, files)
     with output_lock(out_dir):
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             records = list(

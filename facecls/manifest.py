@@ -22,6 +22,8 @@ from facecls.errors import FaceclsError
 
 # Temporary files of atomic writes: .<name>.<random><suffix>, renamed into place when complete.
 TEMPORARY_SUFFIX = ".facecls-partial"
+# The file output_lock holds in an output folder.
+LOCK_NAME = ".facecls.lock"
 
 
 def _default_mode() -> int:
@@ -161,7 +163,7 @@ def output_lock(folder: Path) -> Iterator[None]:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock_path = folder / ".facecls.lock"
+    lock_path = folder / LOCK_NAME
     key = str(lock_path.resolve())
     if key in _held_locks:
         yield

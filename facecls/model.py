@@ -29,9 +29,8 @@ if logging.getLogger("tensorflow").level == logging.NOTSET:
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from facecls.config import IMAGENET_WEIGHTS_URL, imagenet_weights_file_name, weights_hint  # noqa: E402
 from facecls.errors import FaceclsError  # noqa: E402
-
-IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
 
 # Layer names of the classifier; the model-dir reader and classify find the parts by them.
 PIXELS_LAYER = "pixels"
@@ -51,21 +50,9 @@ DEEPEST_CUT = "block_13_expand"
 GRID = 3
 
 
-def imagenet_weights_file_name(alpha: float) -> str:
-    """The file name Keras downloads for a no-top MobileNetV2 trained at 224 pixels."""
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_224_no_top.h5"
-
-
 def _one_line(error: BaseException, limit: int = 240) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _weights_hint(alpha: float) -> str:
-    return (
-        f"Pass --weights PATH to a no-top MobileNetV2 weights file for alpha {alpha} "
-        f"(e.g. mobilenet_v2_{alpha}_224_no_top_imagenet.h5 or .weights.h5)"
-    )
 
 
 def _download_imagenet_weights(alpha: float, cache_dir: Path | None) -> Path:
@@ -84,7 +71,7 @@ def _download_imagenet_weights(alpha: float, cache_dir: Path | None) -> Path:
     except Exception as error:
         raise FaceclsError(
             f"Cannot download the ImageNet weights {file_name} ({_one_line(error, 160)}). "
-            f"{_weights_hint(alpha)}, or copy that file into the Keras cache (~/.keras/models)."
+            f"{weights_hint(alpha)}, or copy that file into the Keras cache (~/.keras/models)."
         ) from None
     return Path(path)
 
@@ -111,10 +98,10 @@ def load_base(alpha: float, image_size: int, weights: str, cache_dir: Path | Non
     else:
         path = Path(weights)
         if not path.is_file():
-            raise FaceclsError(f"Weights file {path} not found. {_weights_hint(alpha)}, or --weights imagenet.")
+            raise FaceclsError(f"Weights file {path} not found. {weights_hint(alpha)}, or --weights imagenet.")
         if not path.name.endswith(".h5"):
             raise FaceclsError(
-                f"Weights file {path} must end with .h5 or .weights.h5. {_weights_hint(alpha)}."
+                f"Weights file {path} must end with .h5 or .weights.h5. {weights_hint(alpha)}."
             )
     try:
         base.load_weights(str(path))
@@ -124,11 +111,11 @@ def load_base(alpha: float, image_size: int, weights: str, cache_dir: Path | Non
             reason = f"its arrays do not fit MobileNetV2 alpha {alpha} ({message})"
         else:
             reason = f"it is not a MobileNetV2 weights file ({message})"
-        raise FaceclsError(f"Cannot load weights {path}: {reason}. {_weights_hint(alpha)}.") from None
+        raise FaceclsError(f"Cannot load weights {path}: {reason}. {weights_hint(alpha)}.") from None
     except (OSError, KeyError, TypeError) as error:
         raise FaceclsError(
             f"Cannot load weights {path}: not a readable HDF5 weights file ({_one_line(error)}). "
-            f"{_weights_hint(alpha)}."
+            f"{weights_hint(alpha)}."
         ) from None
     return base
 

@@ -151,6 +151,10 @@ margin-right:8px;font-size:12px}.bar{height:4px;background:#2da44e;margin-top:2p
 background:#eaeef2;border-radius:10px;padding:1px 10px;margin:2px 4px 2px 0}details{margin:4px 0}
 summary{cursor:pointer}header .chips span{background:#57606a;color:#fff}table.text td,table.text th{text-align:left}svg{background:#fff;margin:4px 16px 4px 0}td.cell{text-align:center;min-width:34px}
 td.diagonal{outline:2px solid #2da44e;outline-offset:-2px}.wrap{display:flex;flex-wrap:wrap}
+svg.chart,svg.histogram{max-width:100%;height:auto}
+table{display:block;max-width:100%;overflow-x:auto}
+@media (max-width:600px){header{padding:12px}nav.toc{padding:6px 12px}nav.toc a{margin-right:10px}
+main{padding:4px 8px 32px}section{padding:10px;margin:10px 0}}
 """
 
 _PAGER_SCRIPT = """
@@ -195,6 +199,20 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [low + (high - low) * index / (count - 1) for index in range(count)]
 
 
+def _epoch_ticks(length: int, most: int = 8) -> list[int]:
+    """Epoch labels for an x-axis of ``length`` epochs: 1, then a round step (1, 2, 5 x 10^k), at most ``most``."""
+    step = 1
+    while length / step > most - 1:
+        for factor in (2, 2.5, 2):  # 1, 2, 5, 10, 20, 50, ...
+            step = int(step * factor)
+            if length / step <= most - 1:
+                break
+    ticks = [1, *range(step, length + 1, step)]
+    if length - ticks[-1] >= step / 2:
+        ticks.append(length)
+    return sorted(set(ticks))
+
+
 def _line_chart(title: str, series: Sequence[tuple[str, Sequence[float], str, bool]], marks: Sequence[int] = ()) -> str:
     """Per-epoch curves: ``series`` are (name, values, colour, dashed); ``marks`` are phase starts."""
     width, height, left, right, top, bottom = 440, 230, 48, 12, 24, 58
@@ -211,13 +229,15 @@ def _line_chart(title: str, series: Sequence[tuple[str, Sequence[float], str, bo
     def y(value: float) -> float:
         return top + (height - top - bottom) * (1 - (value - low) / ((high - low) or 1.0))
 
-    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(title)}" class="chart">',
+    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}" '
+             'class="chart">',
              f'<text x="{left}" y="16" font-weight="bold" font-size="13">{_e(title)}</text>']
     for tick in _ticks(low, high):
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#eaeef2"/>'
                      f'<text x="{left - 4}" y="{y(tick) + 4:.1f}" font-size="10" text-anchor="end">{tick:.2f}</text>')
-    for epoch in sorted({1, length, *range(5, length - 2, 5)}):
-        parts.append(f'<text x="{x(epoch):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{epoch}</text>')
+    for epoch in _epoch_ticks(length):
+        parts.append(f'<text class="x-tick" x="{x(epoch):.1f}" y="{height - bottom + 14}" font-size="10" '
+                     f'text-anchor="middle">{epoch}</text>')
     parts.append(f'<text x="{(left + width) / 2:.0f}" y="{height - bottom + 28}" font-size="11" text-anchor="middle">epoch</text>')
     for mark in marks:
         parts.append(f'<line x1="{x(mark - 0.5):.1f}" x2="{x(mark - 0.5):.1f}" y1="{top}" y2="{height - bottom}" '
@@ -246,11 +266,13 @@ def _histogram(title: str, groups: Sequence[tuple[str, Sequence[float], str]], l
         counts.append(row)
     tallest = max((sum(column) for column in zip(*counts)), default=0) or 1
     plot_width, plot_height = width - left - right, height - top - bottom
+    height += 14 * (len(groups) - 1)
 
     def x(value: float) -> float:
         return left + plot_width * (value - low) / (high - low)
 
-    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(title)}" class="histogram">',
+    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}" '
+             'class="histogram">',
              f'<text x="{left}" y="15" font-weight="bold" font-size="12">{_e(title)}</text>']
     for index in range(bins):
         stacked = 0
@@ -269,11 +291,11 @@ def _histogram(title: str, groups: Sequence[tuple[str, Sequence[float], str]], l
     if threshold is not None and low <= threshold <= high:
         parts.append(f'<line x1="{x(threshold):.1f}" x2="{x(threshold):.1f}" y1="{top}" y2="{top + plot_height}" '
                      f'stroke="#cf222e" stroke-dasharray="3,2"><title>unknown threshold {threshold:.3f}</title></line>')
-    legend_x = left
-    for name, values, colour in groups:
-        parts.append(f'<rect x="{legend_x}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{legend_x + 14}" y="{height - 5}" font-size="11">{_e(name)} {len(values)}</text>')
-        legend_x += 14 + 8 * (len(name) + len(str(len(values))) + 2)
+    for row, (name, values, colour) in enumerate(groups):  # one legend line per group: long names never overlap
+        legend_y = top + plot_height + 20 + 14 * row
+        parts.append(f'<rect x="{left}" y="{legend_y}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{left + 14}" y="{legend_y + 9}" font-size="11" data-legend="{_e(name)}" '
+                     f'data-count="{len(values)}">{_e(name)} {len(values)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -482,7 +504,7 @@ def write_run_report(run_dir: Path) -> Path:
         ("funnel", "Scrape funnel", _funnel_section(people, ingest_rows, photos, kept, scrape, photo_thumb)),
         ("faces", "Faces per person", _faces_section(run_dir, people, photos, crops, others, split_of, scrape, photo_thumb)),
         ("splits", "Split and balance", _splits_section(people, splits, curate_summary)),
-        ("training", "Training", _training_section(history, info)),
+        ("training", "Training", _training_section(history, info) + _open_set_text(run_summary.get("open_set"))),
         ("test", "Test results", _test_section(metrics)),
         ("mistakes", "Misclassified test faces", _mistakes_section(run_dir, metrics)),
         ("settings", "Settings and versions", _settings_section(
@@ -500,6 +522,8 @@ def write_run_report(run_dir: Path) -> Path:
         f'<p class="chips"><span>{len(people)} people</span><span data-summary="files">{len(ingest_rows)} files</span>'
         + (f'<span data-summary="faces">{faces_kept} faces kept</span>' if faces_kept is not None else "")
         + (f"<span>{accuracy}</span>" if accuracy else "")
+        + (f'<span data-summary="stranger-rejection">{_rejection(run_summary["open_set"])}</span>'
+           if run_summary.get("open_set") else "")
         + "</p>"
     )
     return _write_page(run_dir, f"facecls run {run_dir.name}", header, sections, thumbnails)
@@ -691,6 +715,22 @@ def _training_section(history, info) -> str:
     return text + f'<div class="wrap">{"".join(charts)}</div>'
 
 
+def _rejection(open_set: dict) -> str:
+    if open_set.get("stranger_rejection") is None:
+        return "unknown: no other people's faces in the scrape to measure it on"
+    rejected = round(open_set["stranger_rejection"] * open_set["stranger_count"])
+    return f"unknown rejects {rejected} of {open_set['stranger_count']} other people's faces"
+
+
+def _open_set_text(open_set) -> str:
+    if not open_set:
+        return ""
+    return (f"<p><b>Unknown</b>: threshold {_number(open_set.get('unknown_threshold'))} keeps "
+            f"{_number(open_set.get('known_recall'))} of the held-out faces of the model's people; "
+            f"{_e(_rejection(open_set))} (faces cut from photos of several people, <a href=\"#faces\">shown with "
+            "each person</a>).</p>")
+
+
 def _test_section(metrics) -> str:
     if not metrics:
         return '<p class="muted">No evaluation yet (facecls run evaluates the test split).</p>'
@@ -860,7 +900,8 @@ def write_classify_report(out_dir: Path) -> Path:
         photos_count = len({row["path"] for row in mine})
         galleries.append(
             f'<h3 id="label-{_e(label)}">{_e(label)}: {len(mine)} faces in {photos_count} photos</h3>'
-            + _gallery(tiles, "label-" + label, empty="no face")
+            + _gallery(tiles, "label-" + label,
+                       empty="no face was called unknown" if label == UNKNOWN else f"no face was named {label}")
         )
     no_face_tiles = [
         Thumb(src=thumbnails.request(f"photos/{row['sha256'][:16]}.jpg", lambda row=row: _photo_thumbnail(source(row))),
@@ -909,28 +950,46 @@ def _classify_summary(summary, labels, faces, no_face, unreadable, rows) -> str:
         + (f" Photos were sorted into the label folders ({_e(summary.get('sort'))})." if summary.get("sort") not in (None, "none") else "")
         + "</p>"
     )
-    if summary.get("seconds") is not None:
+    if summary.get("seconds") is not None and not summary.get("classified") and summary.get("skipped"):
+        explain += f'<p class="muted">Last run: all {summary["skipped"]} photos were already classified.</p>'
+    elif summary.get("seconds") is not None:
         explain += (f'<p class="muted">Last run: {summary.get("classified", 0)} photos classified, '
                     f"{summary.get('skipped', 0)} already done, {summary.get('photos_per_second', 0)} photos/s.</p>")
     return _table(["label", "faces", "photos"], table_rows, "summary") + explain
 
 
 def _score_section(labels, faces, summary, threshold) -> str:
+    """One chart per label of predictions.csv: its faces' scores, the legend counting its rows."""
+    from facecls.classify import UNKNOWN
+
     if not faces:
         return '<p class="muted">No faces found.</p>'
     scores = [float(row["score"]) for row in faces]
     low = min([0.0, *scores] + ([threshold] if threshold is not None else []))
     low = -1.0 if low < 0 else 0.0
-    charts = []
+    charts, notes = [], []
     for label in labels:
-        kept = [float(row["score"]) for row in faces if row["best_match"] == label and row["label"] == label]
-        unknown = [float(row["score"]) for row in faces if row["best_match"] == label and row["label"] != label]
-        if kept or unknown:
-            charts.append(_histogram(f"best match {label}", [(label, kept, "#0969da"), ("unknown", unknown, "#8c959f")],
-                                     low, 1.0, threshold))
-    return ('<p class="muted">One chart per person the model matched a face to: faces kept as that person (blue) and '
-            "faces called unknown (grey); the red dashed line is the unknown threshold.</p>"
-            f'<div class="wrap">{"".join(charts)}</div>')
+        named = [row for row in faces if row["label"] == label]
+        if not named:
+            continue
+        first = [float(row["score"]) for row in named if row["best_match"] == label]
+        other = [float(row["score"]) for row in named if row["best_match"] != label]
+        groups = [(label, first, "#0969da")] + ([("MobileNetV2 preferred another", other, "#bf8700")] if other else [])
+        charts.append(_histogram(f"named {label}: {len(named)}", groups, low, 1.0, threshold))
+    unknown = [float(row["score"]) for row in faces if row["label"] == UNKNOWN]
+    if unknown:
+        charts.append(_histogram(f"unknown: {len(unknown)}", [(UNKNOWN, unknown, "#8c959f")], low, 1.0, threshold))
+        if threshold is not None:
+            notes.append(f"{'All' if len(unknown) == len(faces) else 'The'} {_plural(len(unknown), 'face')} called unknown "
+                         f"scored under the threshold {threshold:.3f} against every person the model knows: "
+                         + (f"all {min(unknown):.3f}" if min(unknown) == max(unknown)
+                            else f"from {min(unknown):.3f} to {max(unknown):.3f}")
+                         + (" (0: farther from that person than all of their held-out faces)." if min(unknown) == 0 else "."))
+    return ('<p class="muted">One chart per label: the score of each face named that person (blue; amber where '
+            "MobileNetV2's own first choice was another person) and of each face called unknown (grey, scored "
+            "against its nearest person); the red dashed line is the unknown threshold.</p>"
+            f'<div class="wrap">{"".join(charts)}</div>'
+            + "".join(f'<p data-note="unknown">{_e(note)}</p>' for note in notes))
 
 
 # ---------------------------------------------------------------- either kind

@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +34,11 @@ from facecls.config import (
     CurateSettings,
     DetectSettings,
     IngestSettings,
+    IMAGENET_WEIGHTS_URL,
     TrainSettings,
+    imagenet_weights_file_name,
     settings_to_dict,
+    weights_hint,
 )
 from facecls.errors import FaceclsError
 from facecls.manifest import output_lock, read_json, sha256_file, write_json
@@ -63,7 +68,10 @@ class RunResult:
     test_accuracy: float | None
     test_accuracy_interval: tuple[float, float] | None
     trained: bool  # False when an earlier identical training was reused
-    seconds: float
+    unknown_threshold: float
+    stranger_rejection: float | None  # share of the other people's faces in the scrape called unknown
+    stranger_count: int  # those faces (from photos of several people); 0: nothing to measure it on
+    seconds: float  # the whole run, every stage
 
 
 def _training_fingerprint(splits_manifest: Path, settings: RunSettings) -> str:
@@ -84,8 +92,7 @@ def run(scrape: Path, run_dir: Path, settings: RunSettings = RunSettings(), mode
     started = time.perf_counter()
     scrape, run_dir = Path(scrape), Path(run_dir)
     model_dir = Path(model_dir) if model_dir else run_dir / "model"
-    modeldir.check_replaceable(model_dir)
-    _check_weights(settings.train.weights)
+    preflight(scrape, settings, model_dir)
     with output_lock(run_dir):
         return _run_locked(scrape, run_dir, settings, model_dir, workers, started)
 
@@ -93,7 +100,7 @@ def run(scrape: Path, run_dir: Path, settings: RunSettings = RunSettings(), mode
 def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: Path, workers: int | None,
                 started: float) -> RunResult:
     from facecls.crop import crop
-    from facecls.curate import curate
+    from facecls.curate import check_enough_photos, curate
     from facecls.ingest import ingest
     from facecls.openset import calibrate_from_crops
 
@@ -103,6 +110,10 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         # now, since a reused model dir is never saved again to do it.
         modeldir.remove_stale_temporaries(model_dir)
     ingested = ingest(scrape, run_dir, settings.ingest)
+    # Before the heavy crop stage: a person whose files are mostly unusable cannot be split anyway.
+    usable = Counter(record.person for record in ingested.records if record.status == "ok")
+    check_enough_photos({person: usable[person] for person in ingested.people},
+                        f"usable photos (see {ingested.manifest_path})", settings.curate)
     cropped = crop(scrape, ingested.manifest_path, run_dir / "crop", settings.detect, settings.crop, workers=workers)
     curated = curate(run_dir / "crop" / "crops.csv", run_dir / "curate", settings.curate)
 
@@ -115,13 +126,21 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         from facecls.train import train_model
 
         train_model(curated.items, run_dir / "crop", settings.train, model_dir, settings.crop, settings.detect)
-    if trained or not _open_set_current(model_dir):  # a reused model calibrated by an older facecls too
-        calibrate_from_crops(model_dir, run_dir / "crop", curated.items)
+    open_set = previous.get("open_set") if not trained else None
+    if trained or not open_set or not _open_set_current(model_dir):  # a reused model calibrated by an older facecls too
+        calibration = calibrate_from_crops(model_dir, run_dir / "crop", curated.items)
+        open_set = {
+            "unknown_threshold": calibration.threshold,
+            "known_recall": calibration.known_recall,
+            "stranger_rejection": calibration.stranger_rejection,
+            "stranger_count": calibration.stranger_count,
+        }
     record = {
         "scrape": str(scrape.resolve()),
         "model_dir": str(model_dir),
         "training_fingerprint": fingerprint,
         "model_sha256": sha256_file(model_dir / modeldir.MODEL_FILE),
+        "open_set": open_set,  # how 'unknown' was calibrated, and how many of the other people's faces it rejects
         "settings": {name: settings_to_dict(value) for name, value in vars(settings).items()},
     }
     # Recorded before evaluation: a run killed from here on reuses this model. The model's hash
@@ -142,6 +161,9 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         test_accuracy=evaluation.get("accuracy") if evaluation else None,
         test_accuracy_interval=tuple(evaluation["accuracy_interval"]) if evaluation else None,
         trained=trained,
+        unknown_threshold=open_set["unknown_threshold"],
+        stranger_rejection=open_set["stranger_rejection"],
+        stranger_count=open_set["stranger_count"],
         seconds=time.perf_counter() - started,
     )
     write_json(
@@ -166,12 +188,81 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     return result
 
 
-def _check_weights(weights: str) -> None:
-    if weights != "imagenet" and not Path(weights).is_file():
+def preflight(scrape: Path, settings: RunSettings, model_dir: Path) -> None:
+    """Check, before any heavy work and before the run folder exists, what a run needs.
+
+    ``model_dir`` may be replaced, the base weights can be had (``check_weights``), and the
+    scrape is laid out as ``<scrape>/<person>/<photos>`` with at least two people, each with
+    as many files as the split needs (once ingested, as many usable photos).
+
+    Raises:
+        FaceclsError: the first of these that does not hold, in one line saying how to fix it.
+    """
+    from facecls.curate import check_enough_photos
+    from facecls.ingest import check_scrape_layout, list_scrape
+
+    modeldir.check_replaceable(Path(model_dir))
+    check_weights(settings.train)
+    files = list_scrape(Path(scrape))
+    check_scrape_layout(Path(scrape), files)
+    check_enough_photos(Counter(person for _, person in files if person), "files", settings.curate)
+
+
+def check_weights(train_settings: TrainSettings) -> None:
+    """Fail at once when training could not load its base weights; imports no TensorFlow.
+
+    A path must be an HDF5 file named ``.h5``; ``imagenet`` must be in the Keras cache or its
+    download address reachable.
+    """
+    weights, alpha = train_settings.weights, train_settings.alpha
+    if weights != "imagenet":
+        path = Path(weights)
+        if not path.is_file():
+            problem = "no such file" if not path.exists() else "not a file"
+            raise FaceclsError(f"--weights must be 'imagenet' or a weights file. Received: {weights} ({problem}). "
+                               f"{weights_hint(alpha)}.")
+        with open(path, "rb") as file:
+            signature = file.read(len(_HDF5_SIGNATURE))
+        if not path.name.endswith(".h5") or signature != _HDF5_SIGNATURE:
+            raise FaceclsError(f"--weights {weights} is not an HDF5 weights file (.h5 or .weights.h5). "
+                               f"{weights_hint(alpha)}.")
+        return
+    file_name = imagenet_weights_file_name(alpha)
+    if any((folder / "models" / file_name).is_file() for folder in _keras_cache_folders()):
+        return
+    url = IMAGENET_WEIGHTS_URL + file_name
+    problem = _unreachable(url)
+    if problem:
+        cache = _keras_cache_folders()[0] / "models"
         raise FaceclsError(
-            f"--weights must be 'imagenet' or the path of a MobileNetV2 no-top weights file (.h5 or .weights.h5). "
-            f"Received: {weights} (no such file)."
+            f"--weights imagenet: cannot download {url} ({problem}), and the Keras cache {cache} does not hold "
+            f"{file_name}. Fetch that file on a machine with internet and pass --weights PATH/TO/{file_name} "
+            f"(alpha {alpha}), or put it into {cache}."
         )
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _keras_cache_folders() -> list[Path]:
+    """Where ``keras.utils.get_file`` looks: $KERAS_HOME or ~/.keras, and /tmp/.keras when that is not writable."""
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
+    return [home, Path("/tmp/.keras")]
+
+
+def _unreachable(url: str, timeout: float = 10.0) -> str:
+    """Why ``url`` cannot be fetched ("" when it can): a HEAD request, honouring the proxy settings."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return ""
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return " ".join(str(reason).split()) or type(error).__name__
 
 
 def _read_previous(path: Path) -> dict:

@@ -123,17 +123,32 @@ def _read_views(
 
 
 class _EpochProgress:
-    """Log each epoch and show a tqdm bar on stderr (library code never prints)."""
+    """Log each epoch and show a tqdm bar on stderr (library code never prints).
+
+    A phase may stop before its maximum (converged, or early stopping), so the bar counts
+    towards that maximum and its time left is an upper bound; ``finish`` leaves one line
+    saying how the phase ended.
+    """
 
     def __init__(self, phase: str, epochs: int):
         self.phase = phase
-        self.bar = tqdm(total=epochs, desc=phase, unit="epoch", leave=False)
+        self.bar = tqdm(
+            total=epochs, desc=phase, unit="epoch", leave=True,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} epochs at most [{elapsed}, at most {remaining} left{postfix}]",
+        )
 
     def update(self, epoch: int, logs: dict[str, float]) -> None:
         summary = {key: round(value, 4) for key, value in logs.items()}
         logger.info("%s epoch %d: %s", self.phase, epoch + 1, summary)
         self.bar.set_postfix(summary, refresh=False)
         self.bar.update(1)
+
+    def finish(self, outcome: str) -> None:
+        """Replace the bar by one line: the phase, how it ended, its time."""
+        logger.info("%s: %s", self.phase, outcome)
+        elapsed = self.bar.format_interval(self.bar.format_dict["elapsed"])
+        self.bar.bar_format = "{desc}"
+        self.bar.set_description_str(f"{self.phase}: {outcome} in {elapsed}", refresh=True)
 
     def close(self) -> None:
         self.bar.close()
@@ -190,7 +205,7 @@ def _fit(
     if val is not None:
         history.update(val_loss=[], val_accuracy=[])
     monitor = "val_loss" if val is not None else "loss"
-    best_loss, best_values, waited = np.inf, None, 0
+    best_loss, best_values, waited, best_epoch = np.inf, None, 0, 0
     progress = _EpochProgress(phase, epochs)
     try:
         for epoch in range(epochs):
@@ -214,12 +229,19 @@ def _fit(
                 history[key].append(value)
             progress.update(epoch, logs)
             if logs[monitor] < best_loss:
-                best_loss, best_values, waited = logs[monitor], [variable.numpy() for variable in variables], 0
+                best_loss, best_values, waited, best_epoch = (
+                    logs[monitor], [variable.numpy() for variable in variables], 0, epoch + 1
+                )
             else:
                 waited += 1
                 if waited >= settings.patience:
-                    logger.info("%s: %s did not improve for %d epochs; stopping", phase, monitor, waited)
                     break
+        run = len(history["loss"])
+        if run < epochs:
+            progress.finish(f"stopped early after {run} of at most {epochs} epochs ({monitor} did not improve for "
+                            f"{waited}), kept epoch {best_epoch}")
+        else:
+            progress.finish(f"ran all {epochs} epochs, kept epoch {best_epoch}")
     finally:
         progress.close()
     if best_values is not None:
@@ -312,11 +334,16 @@ def _fit_head(
             objective, start, jac=True, method="L-BFGS-B", callback=record,
             options={"maxiter": settings.head_epochs, "ftol": 1e-10, "gtol": 1e-7},
         )
+        run = len(history["loss"])
+        if result.status == 0:
+            progress.finish(f"converged after {run} of at most {settings.head_epochs} epochs (L-BFGS iterations)")
+        else:
+            progress.finish(f"stopped after {run} of at most {settings.head_epochs} epochs, not converged "
+                            f"({' '.join(str(result.message).split()).lower()})")
     finally:
         progress.close()
     if not history["loss"]:  # converged at the start (nothing to learn): keep one entry
         record(result)
-    logger.info("head: %s after %d L-BFGS iterations", result.message, len(history["loss"]))
     kernel, bias = unpack(result.x)
     dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return history

@@ -59,9 +59,15 @@ def test_too_few_people_with_enough_photos_says_what_to_lower(lfw_cache, tmp_pat
         prepare_scrape(tmp_path / "scrape", lfw_home=lfw_cache, people=2, photos_per_person=50)
 
 
-def test_a_folder_without_lfw_is_one_line_saying_what_is_needed(tmp_path, capsys):
+def test_a_folder_without_lfw_is_one_line_saying_what_is_needed(tmp_path, capsys, monkeypatch):
+    from facecls.config import imagenet_weights_file_name
+
     empty = tmp_path / "nothing-here"
     empty.mkdir()
+    # The weights are checked first; here Keras's cache holds them (the check only looks for the file).
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    (tmp_path / "keras" / "models").mkdir(parents=True)
+    (tmp_path / "keras" / "models" / imagenet_weights_file_name(0.35)).write_bytes(b"")
     assert main(["demo", "--out", str(tmp_path / "demo"), "--lfw-home", str(empty)]) == 1
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0

@@ -364,7 +364,8 @@ def test_second_writer_of_an_output_folder_is_refused_with_a_clear_message(model
     scrape = tmp_path / "scrape"
     for person in ("ann", "bob"):
         (scrape / person).mkdir(parents=True)
-        shutil.copy2(HARD / "no_face" / "rocket.jpg", scrape / person / "a.jpg")
+        for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):  # as many files as run's check before the lock asks
+            shutil.copy2(HARD / "no_face" / "rocket.jpg", scrape / person / name)
     run = tmp_path / "run"
     fake_curated_run(run)
     (run / "ingest.csv").write_text(

@@ -204,6 +204,38 @@ def test_facecls_report_rebuilds_the_same_page(data_dir, tmp_path, capsys):
     )
 
 
+def test_run_report_says_how_many_of_the_other_peoples_faces_unknown_rejects(run_page):
+    run_dir, loaded = run_page
+    open_set = json.loads((run_dir / "run.json").read_text())["open_set"]
+    others = len(rows(run_dir / "crop" / "others.csv"))
+    assert open_set["stranger_count"] == others > 0
+    rejected = round(open_set["stranger_rejection"] * others)
+    chip = loaded.page.locator('[data-summary="stranger-rejection"]').text_content()
+    assert chip == f"unknown rejects {rejected} of {others} other people's faces"
+    assert f"unknown rejects {rejected} of {others} other people's faces" in loaded.page.locator("#training").text_content()
+
+
+def test_training_curves_of_hundreds_of_epochs_have_few_labels_that_never_overlap(browser, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(small_run(), copy)
+    history = json.loads((copy / "model" / "history.json").read_text())
+    for phase, epochs in (("head", 470), ("fine_tune", 20)):  # as long as a default run on a real scrape
+        history[phase] = {name: [0.5 + 0.4 * (index % 7) / 7 for index in range(epochs)] for name in history["head"]}
+    (copy / "model" / "history.json").write_text(json.dumps(history))
+    assert main(["report", str(copy)]) == 0
+    for width in (1280, 390):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        page = context.new_page()
+        page.goto((copy / "report.html").resolve().as_uri(), wait_until="load")
+        for chart in page.locator("svg.chart").all():
+            boxes = [tick.bounding_box() for tick in chart.locator(".x-tick").all()]
+            labels = [int(text) for text in chart.locator(".x-tick").all_text_contents()]
+            assert 4 <= len(labels) <= 8 and labels[0] == 1 and labels[-1] >= 450
+            assert all(left["x"] + left["width"] < right["x"] for left, right in zip(boxes, boxes[1:])), labels
+            assert chart.bounding_box()["width"] <= width - 40  # fits the page, phone width included
+        context.close()
+
+
 def test_report_of_a_run_stopped_after_crop_shows_the_faces_and_says_what_is_missing(run_page, tmp_path, browser):
     run_dir, _ = run_page
     partial = tmp_path / "partial"
@@ -264,14 +296,61 @@ def test_classify_galleries_hold_one_thumbnail_per_predictions_row(classify_page
     )
     faces = [row for row in predictions if row["face"] != ""]
     assert sorted(links) == sorted("file://" + row["path"] for row in faces)
-    # one histogram per person a face was matched to, bars adding up to that person's faces
-    bars = page.eval_on_selector_all(
+    # one histogram per label of predictions.csv: its bars and its legend count that label's rows
+    charts = page.eval_on_selector_all(
         "svg.histogram", "charts => charts.map(chart => [chart.getAttribute('aria-label'), "
         "Array.from(chart.querySelectorAll('rect title')).map(t => Number(t.textContent.split(': ')[1]))"
-        ".reduce((a, b) => a + b, 0)])",
+        ".reduce((a, b) => a + b, 0), "
+        "Object.fromEntries(Array.from(chart.querySelectorAll('[data-legend]')).map("
+        "e => [e.getAttribute('data-legend'), Number(e.getAttribute('data-count'))]))])",
     )
-    best = Counter(row["best_match"] for row in faces)
-    assert {title.removeprefix("best match "): total for title, total in bars} == dict(best)
+    assert {title.split(": ")[0].removeprefix("named "): total for title, total, _ in charts} == dict(labels)
+    for title, total, legend in charts:
+        label = title.split(": ")[0].removeprefix("named ")
+        mine = [row for row in faces if row["label"] == label]
+        assert title.endswith(f": {len(mine)}") and sum(legend.values()) == total == len(mine)
+        if label != "unknown":  # named this person though MobileNetV2's first choice was another: amber, counted apart
+            assert legend[label] == sum(row["best_match"] == label for row in mine)
+            assert legend.get("MobileNetV2 preferred another", 0) == sum(row["best_match"] != label for row in mine)
+
+
+def test_classify_report_when_every_face_is_a_stranger_says_so_and_empty_people_read_as_empty(browser, classify_page,
+                                                                                               tmp_path):
+    out, _ = classify_page
+    strangers = tmp_path / "strangers"
+    shutil.copytree(out, strangers)
+    predictions = rows(out / "predictions.csv")
+    kept = [row for row in predictions if row["label"] == "unknown" or row["status"] == "no_face"]
+    with open(strangers / "predictions.csv", "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(predictions[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    assert main(["report", str(strangers)]) == 0
+    page = open_report(browser, strangers / "report.html", "classify-report-strangers.png").page
+    unknown = [float(row["score"]) for row in kept if row["label"] == "unknown"]
+    summary = json.loads((out / "classify.json").read_text())
+    assert texts(page, "svg.histogram [data-legend]") == [f"unknown {len(unknown)}"]
+    note = texts(page, '[data-note="unknown"]')
+    assert len(note) == 1 and note[0].startswith(
+        f"All {len(unknown)} faces called unknown scored under the threshold {summary['unknown_threshold']:.3f}"
+    )
+    for label in summary["labels"]:
+        assert texts(page, f'[data-gallery="label-{label}"]') == [f"no face was named {label}"]
+
+
+def test_rerun_of_a_finished_classify_says_all_photos_were_already_classified(classify_page, tmp_path, capsys):
+    from report_fixtures import CLASSIFY_INPUTS, DATA
+
+    out, _ = classify_page
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    known = [sorted((DATA / "scraped-celebs-6" / person).iterdir())[-1] for person in ("messi", "brad_pitt")]
+    inputs = [str(DATA / name) for name in CLASSIFY_INPUTS] + [str(path) for path in known]
+    capsys.readouterr()
+    assert main(["--quiet", "classify", str(small_run() / "model"), *inputs, "--out", str(again), "--workers", "1"]) == 0
+    photos = len({row["path"] for row in rows(out / "predictions.csv")})
+    assert capsys.readouterr().out.startswith(f"classify: {photos} photos (all {photos} photos were already classified), ")
+    assert f"Last run: all {photos} photos were already classified." in (again / "report.html").read_text()
 
 
 def test_classify_report_pages_thousands_of_faces(browser, classify_page, tmp_path):

@@ -87,8 +87,15 @@ def test_rerun_reuses_finished_work_and_the_scrape_is_untouched(finished_run, fo
     model_mtime = (run_dir / "model" / "model.keras").stat().st_mtime_ns
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "reused model" in out
+    assert "model reused, whole run" in out
     assert (run_dir / "model" / "model.keras").stat().st_mtime_ns == model_mtime
+    # how many of the other people's faces 'unknown' rejects: in the summary and run.json, kept on reuse
+    open_set = json.loads((run_dir / "run.json").read_text())["open_set"]
+    others = (run_dir / "crop" / "others.csv").read_text().strip().count("\n")
+    assert open_set["stranger_count"] == others > 0
+    rejected = round(open_set["stranger_rejection"] * others)
+    assert (f"unknown (threshold {open_set['unknown_threshold']:.3f}) rejects {rejected} of {others} "
+            "other people's faces; model reused") in out
     crop_summary = json.loads((run_dir / "crop" / "crop.json").read_text())
     assert crop_summary["reused"] == crop_summary["photos"]
     assert folder_snapshot(scrape) == before

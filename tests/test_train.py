@@ -232,3 +232,44 @@ def test_head_reaches_the_logistic_regression_optimum_on_large_features():
     reference = LogisticRegression(C=1.0, max_iter=10000, tol=1e-8).fit(inputs, targets)
     best = objective(reference.coef_.T, reference.intercept_)
     assert objective(kernel, bias) < best + 0.01 * max(best, 1e-3)
+
+
+def _last_progress_line(capsys) -> str:
+    return capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+
+
+def test_progress_says_the_head_converged_or_hit_its_maximum_and_left_time_is_an_upper_bound(capsys, monkeypatch):
+    from facecls.train import _fit_head
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    generator = np.random.default_rng(0)
+    inputs = generator.standard_normal((60, 8)).astype(np.float32)
+    targets = (inputs[:, 0] > 0).astype(np.int64)
+    weights = np.ones(60, np.float32)
+    history = _fit_head(_head_model(8, 2), (inputs, targets, weights), None, settings(head_l2_c=1.0, head_epochs=5000))
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "epochs at most [" in err and "at most" in err.split("epochs at most [")[1].split("]")[0]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"head: converged after {len(history['loss'])} of at most 5000 epochs (L-BFGS iterations) in ")
+    _fit_head(_head_model(8, 2), (inputs, targets, weights), None, settings(head_l2_c=1.0, head_epochs=2))
+    assert _last_progress_line(capsys).startswith("head: stopped after 2 of at most 2 epochs, not converged (")
+
+
+def test_progress_says_fine_tuning_stopped_early_and_which_epoch_it_kept(capsys, monkeypatch):
+    from facecls.train import _fit
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    keras.utils.set_random_seed(0)
+    generator = np.random.default_rng(0)
+    inputs = generator.standard_normal((64, 4)).astype(np.float32)
+    targets = (inputs[:, 0] > 0).astype(np.int64)
+    val = (inputs[:16], 1 - targets[:16])  # the opposite rule: val loss rises while train loss falls
+    history = _fit(_tiny_model(), "fine_tune", 0.05, 50, (inputs, targets, np.ones(64, np.float32)), val,
+                   settings(patience=3))
+    best = int(np.argmin(history["val_loss"])) + 1
+    assert _last_progress_line(capsys).startswith(
+        f"fine_tune: stopped early after {len(history['loss'])} of at most 50 epochs (val_loss did not improve for 3), "
+        f"kept epoch {best} in "
+    )
+    _fit(_tiny_model(), "fine_tune", 0.05, 2, (inputs, targets, np.ones(64, np.float32)), None, settings(patience=5))
+    assert _last_progress_line(capsys).startswith("fine_tune: ran all 2 epochs, kept epoch ")
