@@ -74,6 +74,13 @@ HARD_SHOWS = {
     "messi_211.png": ("messi",), "AFP_337E9GT.jpg": ("messi",),
 }
 RULES = ("mobilenet", "identity", "today", "new", "face_recognition")
+# --variants: the new rule with one setting changed at a time (prior distance, neighbours, who names
+# among the possible people: MobileNetV2, or the identity score alone, or their product).
+VARIANTS = {
+    "new k=1": (0.6, 1, "mobilenet"), "new k=3": (0.6, 3, "mobilenet"), "new prior 0.55": (0.55, 2, "mobilenet"),
+    "new prior 0.5": (0.5, 2, "mobilenet"), "new named by identity": (0.6, 2, "identity"),
+    "new named by product": (0.6, 2, "product"),
+}
 DLIB_DISTANCE = 0.6  # face_recognition's tolerance, and dlib's documented same-person distance
 DLIB_LONGEST_SIDE = 2000
 TEST_FRACTION = 0.3  # more test photos per split than run's 0.15: ~9 per person
@@ -232,7 +239,8 @@ class Tally:
         return f"{good / total:.3f} ({good}/{total})" if total else "n/a"
 
 
-def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, target_records, out, tallies, details):
+def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, target_records, out, tallies, details,
+                   rules=RULES):
     from facecls.modeldir import load_model_dir
     from facecls.images import read_rgb
     from facecls.model import predict_probabilities
@@ -304,6 +312,12 @@ def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, ta
     model, calibration = calibrate_arrays(labels, train_x, train_y, negatives_x)
     named["new"] = model.decide(faces_x, faces_p, model.default_threshold)[0]
     new_seconds = time.perf_counter() - started
+    for variant in set(rules) & set(VARIANTS):
+        prior, neighbours, naming = VARIANTS[variant]
+        other, _ = calibrate_arrays(labels, train_x, train_y, negatives_x, prior_distance=prior, neighbours=neighbours)
+        scores = other.person_scores(faces_x)
+        weights = {"mobilenet": faces_p, "identity": scores, "product": faces_p * scores}[naming]
+        named[variant] = other.decide(faces_x, weights, other.default_threshold)[0]
     details.append({"group": labels, "seed": seed, "distances": model.person_distances.round(3).tolist(),
                     "loo_recall": calibration.known_recall, "negatives_rejected": calibration.stranger_rejection,
                     "references": len(model.references), "outliers": calibration.outliers})
@@ -321,8 +335,8 @@ def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, ta
     knn_seconds = time.perf_counter() - started
     seconds = {"mobilenet": mobilenet_seconds, "identity": 0.0, "today": mobilenet_seconds + today_seconds,
                "new": mobilenet_seconds + new_seconds, "face_recognition": knn_seconds}
-    for rule in RULES:
-        tallies[rule].seconds.append(seconds[rule])
+    for rule in rules:
+        tallies[rule].seconds.append(seconds.get(rule, seconds["new"]))
 
     def decided(rule, photo) -> tuple[list[int], list[bool]]:
         """(person index or -1 per face, whether each face is the target) for one photo, largest first."""
@@ -334,7 +348,7 @@ def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, ta
         target = target_records.get(photo.key)
         return people, [target is not None and boxes_overlap(face["box"], target) for face in found]
 
-    for rule in RULES:
+    for rule in rules:
         tally = tallies[rule]
         for photo in known:
             people, targets = decided(rule, photo)
@@ -350,13 +364,14 @@ def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, ta
                 if people or photo.faces:
                     tally.add("stranger photos, nobody named", all(person < 0 for person in people))
     print(f"  {'+'.join(labels)} seed {seed}: " + ", ".join(
-        f"{rule} {tallies[rule].cell('stranger photos, nobody named').split()[0]}" for rule in RULES), flush=True)
+        f"{rule} {tallies[rule].cell('stranger photos, nobody named').split()[0]}" for rule in rules), flush=True)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/identity"))
+    parser.add_argument("--variants", action="store_true", help="also the new rule with other settings (VARIANTS)")
     args = parser.parse_args(argv)
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent", file=sys.stderr)
@@ -370,21 +385,22 @@ def main(argv=None) -> int:
     descriptors = identity_descriptors(folders, args.out / "identity.npz")
     dlib_results = dlib_faces(photos, args.out / "face_recognition.json")
     target_records = {f"six/{record.source_path}": record for record in read_crops_manifest(folders["six"] / "crops.csv")}
-    tallies = {rule: Tally() for rule in RULES}
+    rules = RULES + (tuple(VARIANTS) if args.variants else ())
+    tallies = {rule: Tally() for rule in rules}
     details: list[dict] = []
     for group in GROUPS:
         for seed in range(args.seeds):
             evaluate_split(group, seed, folders["six"], photos, descriptors, dlib_results, target_records, args.out,
-                           tallies, details)
+                           tallies, details, rules)
     (args.out / "calibrations.json").write_text(json.dumps(details, indent=1))
     print()
     print(f"{len(GROUPS)} groups x {args.seeds} seeds; photos counted once per split")
-    print("| | " + " | ".join(RULES) + " |")
-    print("|---|" + "---|" * len(RULES))
+    print("| | " + " | ".join(rules) + " |")
+    print("|---|" + "---|" * len(rules))
     for row in ("known photos right, largest face", "known photos right, photo rule", "stranger photos, nobody named",
                 "bystanders named"):
-        print(f"| {row} | " + " | ".join(tallies[rule].cell(row) for rule in RULES) + " |")
-    print("| training s per split | " + " | ".join(f"{np.mean(tallies[rule].seconds):.1f}" for rule in RULES) + " |")
+        print(f"| {row} | " + " | ".join(tallies[rule].cell(row) for rule in rules) + " |")
+    print("| training s per split | " + " | ".join(f"{np.mean(tallies[rule].seconds):.1f}" for rule in rules) + " |")
     return 0
 
 

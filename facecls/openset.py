@@ -402,7 +402,6 @@ def recalibrate(model_dir: Path, crops_dir: Path | None = None) -> OpenSetCalibr
         FaceclsError: no crop folder or splits found, or what ``calibrate_model_dir`` raises.
     """
     from facecls import modeldir
-    from facecls.crop import CROPS_MANIFEST
     from facecls.curate import SPLITS_MANIFEST, read_splits
 
     model_dir = Path(model_dir)
@@ -416,15 +415,13 @@ def recalibrate(model_dir: Path, crops_dir: Path | None = None) -> OpenSetCalibr
         if "crops_dir" in stored and str(stored["crops_dir"]):
             candidates.append(Path(str(stored["crops_dir"])))
         candidates.append(model_dir.resolve().parent / "crop")
-    found = next((folder for folder in candidates if (folder / CROPS_MANIFEST).is_file()), None)
+    found = next((folder for folder in candidates if (folder.parent / "curate" / SPLITS_MANIFEST).is_file()), None)
     if found is None:
         raise FaceclsError(
-            f"No crop folder with {CROPS_MANIFEST} for {model_dir}: looked in {', '.join(map(str, candidates))}. "
-            "Pass the run's crop folder: facecls calibrate MODEL_DIR --crops RUN/crop"
+            f"No run crop folder for {model_dir} (a crop folder with curate/{SPLITS_MANIFEST} beside it): looked in "
+            f"{', '.join(map(str, candidates))}. Pass the run's crop folder: facecls calibrate {model_dir} --crops RUN/crop"
         )
     splits = found.parent / "curate" / SPLITS_MANIFEST
-    if not splits.is_file():
-        raise FaceclsError(f"{splits} not found: calibrating needs the run's splits. Rerun facecls curate for {found.parent}.")
     return calibrate_from_crops(model_dir, found, read_splits(splits))
 
 
