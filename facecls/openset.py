@@ -179,15 +179,6 @@ def _kth_nearest(faces: np.ndarray, references: np.ndarray, neighbours: int) -> 
     return np.partition(distances, rank, axis=1)[:, rank]
 
 
-def _leave_one_out(faces: np.ndarray, neighbours: int) -> np.ndarray:
-    """Distance [N] of each face to its ``neighbours``-th nearest other face (inf without enough others)."""
-    distances = np.linalg.norm(faces[:, None, :] - faces[None, :, :], axis=2)
-    np.fill_diagonal(distances, np.inf)
-    if len(faces) <= neighbours:
-        return np.full(len(faces), np.inf)
-    return np.partition(distances, neighbours - 1, axis=1)[:, neighbours - 1]
-
-
 def _own_distances(identities: np.ndarray, mine: np.ndarray, kept: np.ndarray, neighbours: int) -> np.ndarray:
     """Distance of each of a person's training faces (``mine``) to the ``neighbours``-th nearest of the
     person's references (``kept``) other than itself: leave-one-out (inf without enough others)."""
@@ -238,11 +229,11 @@ def calibrate_arrays(
     # float32 as openset.npz stores the references, so the loaded model decides exactly alike
     identities = np.asarray(identities, dtype=np.float32).astype(np.float64)
     person_indices = np.asarray(person_indices)
-    negatives = np.asarray(negatives, dtype=np.float64).reshape(-1, identities.shape[-1] if identities.ndim == 2 else 0)
     if identities.ndim != 2 or len(identities) != len(person_indices):
         raise FaceclsError(
             f"identities must be (N, D) with one person index each. Received: {identities.shape} and {person_indices.shape}"
         )
+    negatives = np.asarray(negatives, dtype=np.float64).reshape(-1, identities.shape[1])
     negative_persons = np.full(len(negatives), -1) if negative_persons is None else np.asarray(negative_persons)
     if negative_persons.shape != (len(negatives),):
         raise FaceclsError(f"negative_persons must hold one index per negative ({len(negatives)}). Received: {negative_persons.shape}")
@@ -257,7 +248,7 @@ def calibrate_arrays(
     outliers = {}
     for person, label in enumerate(labels):
         mine = np.flatnonzero(person_indices == person)
-        agree = _leave_one_out(identities[mine], neighbours) <= prior_distance
+        agree = _own_distances(identities, mine, np.ones(len(identities), bool), neighbours) <= prior_distance
         if agree.sum() < 2:  # too few photos agree to tell who the person is: keep them all
             logger.warning("Open set: the training photos of %s hardly agree with each other; every one is kept.", label)
             agree[:] = True

@@ -372,7 +372,7 @@ def test_output_of_another_model_or_in_use_is_refused(model, tmp_path):
         holder.wait()
     classify(model[0], [photos["no_face.jpg"]], out, sort="none", workers=1)
     with pytest.raises(FaceclsError, match="another model or threshold"):
-        classify(model[0], [tmp_path / "in"], out, sort="none", unknown_threshold=0.5, workers=1)
+        classify(model[0], [tmp_path / "in"], out, sort="none", unknown_threshold=0.7, workers=1)
 
 
 def test_cli_reports_a_summary_and_fails_clearly_on_bad_input(model, tmp_path, capsys):
