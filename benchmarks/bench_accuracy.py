@@ -74,7 +74,7 @@ def train_and_calibrate(items, crops_dir, settings, model_dir, crop_settings, ot
     seconds = time.perf_counter() - started
     calibration = calibrate_from_crops(model_dir, crops_dir, items)
     rejected, count = other_set_rejected(model_dir, other_crops_dir)
-    rejection = (calibration.stranger_rejection * calibration.stranger_count + rejected) / (calibration.stranger_count + count)
+    rejection = ((calibration.stranger_rejection or 0.0) * calibration.stranger_count + rejected) / (calibration.stranger_count + count)
     return seconds, dataclasses.replace(calibration, stranger_rejection=rejection, stranger_count=calibration.stranger_count + count)
 
 
