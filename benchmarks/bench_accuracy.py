@@ -10,9 +10,9 @@ Both train with the current ``TrainSettings`` defaults, for each ``--alphas``.
   without a face counts as an error.
 - scraped-celebs-6: the leakage-free split of ``facecls run`` over ``--seeds`` seeds; test
   accuracy mean and min.
-- Open set: ``unknown`` calibrated as ``facecls run`` does (95% of the held-out known faces
-  kept); stranger rejection measured on the other people of the scrape's multi-face photos
-  plus every face of the other data set (people the model never saw); "open-set accuracy" is
+- Open set: ``unknown`` calibrated as ``facecls run`` does (facecls.openset; "known recall" is
+  leave-one-out over the training faces); stranger rejection measured on the other people of the
+  scrape's multi-face photos plus every face of the other data set (people the model never saw); "open-set accuracy" is
   the share of the held-out (val+test) known faces classify names rightly, the identity
   network choosing who a face could be and MobileNetV2 naming the most probable of them.
 - Training time: seconds per model (cropping excluded; it is shared by all models).
@@ -45,7 +45,7 @@ from facecls.modeldir import load_model_dir  # noqa: E402
 from facecls.identity import IdentityEncoder  # noqa: E402
 from facecls.images import read_rgb  # noqa: E402
 from facecls.model import predict_probabilities  # noqa: E402
-from facecls.openset import calibrate_model_dir, load_open_set  # noqa: E402
+from facecls.openset import calibrate_from_crops, load_open_set  # noqa: E402
 from facecls.train import train_model  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -72,10 +72,9 @@ def train_and_calibrate(items, crops_dir, settings, model_dir, crop_settings, ot
     started = time.perf_counter()
     train_model(items, crops_dir, settings, model_dir, crop_settings, DetectSettings())
     seconds = time.perf_counter() - started
-    others = [record.crop_path for record in read_crops_manifest(crops_dir / "others.csv")]
-    calibration = calibrate_model_dir(model_dir, crops_dir, items, others)
+    calibration = calibrate_from_crops(model_dir, crops_dir, items)
     rejected, count = other_set_rejected(model_dir, other_crops_dir)
-    rejection = (calibration.stranger_rejection * calibration.stranger_count + rejected) / (calibration.stranger_count + count)
+    rejection = ((calibration.stranger_rejection or 0.0) * calibration.stranger_count + rejected) / (calibration.stranger_count + count)
     return seconds, dataclasses.replace(calibration, stranger_rejection=rejection, stranger_count=calibration.stranger_count + count)
 
 

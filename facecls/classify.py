@@ -8,11 +8,12 @@ compiled identity network (``facecls.identity``), one batched call each, so crop
 between processes and the driving process needs no TensorFlow: two TensorFlow processes on
 two cores instead of three.
 
-Labels: with an open-set model in the model dir (``facecls.openset``), the most probable of
-the people the face scores at least the threshold against, or ``unknown`` when it scores under
-it against everyone; the score says how typical the face is of a person (the share of that
-person's held-out faces lying farther from their mean, in the identity network's space) and
-the threshold is the calibrated ``unknown_threshold`` (``--unknown-threshold`` overrides it).
+Labels: with an open-set model in the model dir (``facecls.openset``), the identity network
+decides who a face could be (the people within their calibrated acceptance distance of it, in
+the identity space, measured to their nearest training faces) and the classifier names the most
+probable of them; a face that could be none of them is ``unknown``, however sure the classifier
+is. The score is 0.5 at a person's acceptance distance and 1 at a training face, and the
+threshold is the calibrated ``unknown_threshold`` (``--unknown-threshold`` overrides it).
 Without one, the label is the most probable person, the score its softmax probability, and no
 face is ever ``unknown`` unless a threshold is given.
 
@@ -269,7 +270,7 @@ class Classifier:
         if self.open_set is None and self.info.unknown_threshold is not None:
             raise ModelDirError(
                 f"{self.model_dir}: facecls.json has an unknown_threshold but the open-set file is missing; "
-                "the folder was modified. Recalibrate or retrain."
+                f"the folder was modified. Recalibrate it: facecls calibrate {self.model_dir}"
             )
         self.unknown_threshold = self.info.unknown_threshold if unknown_threshold is None else float(unknown_threshold)
         self.score_name = SCORE_NAME if self.open_set is not None else "probability"

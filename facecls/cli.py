@@ -211,24 +211,34 @@ def command_train(args) -> int:
     items = read_splits(out / "curate" / "splits.csv")
     check_weights(_train_settings(args))
     # TensorFlow prints its start-up lines when first imported: after the checks, not before their errors.
-    from facecls.openset import calibrate_from_crops
+    from facecls.openset import calibrate_from_crops, calibration_summary
     from facecls.train import train_model
 
     model_dir = Path(args.model_dir) if args.model_dir else out / "model"
     result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
     calibration = calibrate_from_crops(model_dir, out / "crop", items)
     accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.3f}"
-    rejection = "n/a" if calibration.stranger_rejection is None else f"{calibration.stranger_rejection:.3f}"
     _summary(
         args,
         f"train: {len(result.labels)} people, {result.train_count} training items, "
-        f"{result.epochs_run} epochs in {result.seconds:.0f} s; val accuracy {accuracy}; unknown threshold "
-        f"{calibration.threshold:.3f} (known recall {calibration.known_recall:.3f}, rejects {rejection} of "
-        f"{calibration.stranger_count} other faces) -> {result.model_dir}",
+        f"{result.epochs_run} epochs in {result.seconds:.0f} s; val accuracy {accuracy}; unknown: "
+        f"{calibration_summary(calibration)} -> {result.model_dir}",
         {"labels": result.labels, "training_items": result.train_count, "epochs": result.epochs_run,
          "seconds": round(result.seconds, 1), "val_accuracy": result.val_accuracy, "model_dir": result.model_dir,
-         "unknown_threshold": calibration.threshold, "known_recall": calibration.known_recall,
-         "stranger_rejection": calibration.stranger_rejection},
+         "unknown_threshold": calibration.threshold, "person_distances": calibration.person_distances,
+         "known_recall": calibration.known_recall, "stranger_rejection": calibration.stranger_rejection},
+    )
+    return 0
+
+
+def command_calibrate(args) -> int:
+    from facecls.openset import calibration_summary, recalibrate
+
+    calibration = recalibrate(Path(args.model_dir), Path(args.crops) if args.crops else None)
+    _summary(
+        args,
+        f"calibrate: {calibration_summary(calibration)} -> {args.model_dir}",
+        {"model_dir": args.model_dir, **dataclasses.asdict(calibration)},
     )
     return 0
 
@@ -437,6 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(train)
     train.set_defaults(handler=command_train)
 
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="recalibrate 'unknown' of an existing model dir from its run's crops",
+        description="Recalibrate the open set (openset.npz, unknown_threshold) of MODEL_DIR in place, from the "
+        "identity chips of the run's training crops and the other faces of its photos. The crop folder is --crops, "
+        "else the one MODEL_DIR was calibrated from, else crop/ beside MODEL_DIR; the splits are curate/splits.csv "
+        "beside it.",
+    )
+    calibrate.add_argument("model_dir", help="a model dir written by facecls train or run")
+    calibrate.add_argument("--crops", help="the run's crop folder, RUN/crop (default: found from the model dir)")
+    calibrate.set_defaults(handler=command_calibrate)
+
     evaluate = commands.add_parser(
         "evaluate",
         help="measure a model dir on a labelled folder of raw photos",
@@ -490,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--unknown-threshold",
         type=float,
         default=None,
-        help="a face scoring below this against every person is unknown, 0 never (default: the model dir's "
-        "calibrated threshold; an uncalibrated model compares it with the softmax probability and never says "
+        help="a face scoring below this against every person is unknown, 0 never; the score is 0.5 at a "
+        "person's calibrated acceptance distance (default: the model dir's threshold; an uncalibrated model compares it with the softmax probability and never says "
         "unknown without it)",
     )
     classify.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")

@@ -217,7 +217,7 @@ def preprocessing_notes(info) -> dict:
         "unknown": {
             "threshold": info.unknown_threshold,
             "note": "facecls calls a face unknown by the distance of its identity descriptor (dlib's face-recognition "
-            "ResNet, facecls.identity) to the mean descriptor of the person named (openset.npz in the model dir); the "
+            "ResNet, facecls.identity) to each person's nearest training descriptors (openset.npz in the model dir); the "
             "exported model outputs probabilities only, so a high top probability does not prove the face is one of the labels",
         },
     }

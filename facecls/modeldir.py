@@ -33,6 +33,8 @@ RESERVED_FILES = (MODEL_FILE, INFO_FILE, HISTORY_FILE)
 # Settings that older model dirs record but that no longer exist; they say how a model was
 # trained, not how to use it, so reading such a dir ignores them.
 RETIRED_TRAIN_KEYS = frozenset({"head_learning_rate"})  # the head's Adam step, before L-BFGS
+# Keys that older model dirs lack; reading one fills in the default (None: an older open set).
+OPTIONAL_KEYS = frozenset({"open_set_format"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class ModelInfo:
     detect_settings: DetectSettings
     train_settings: TrainSettings
     unknown_threshold: float | None = None  # below this score a face is "unknown"; None: not calibrated
+    open_set_format: int | None = None  # facecls.openset.OPEN_SET_FORMAT of openset.npz; None: before formats
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""  # ISO 8601, UTC
@@ -124,7 +127,7 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ModelDirError(f"{source}: unknown key {key!r}.{hint} Allowed: {', '.join(known)}")
-    missing = [name for name in known if name not in data]
+    missing = [name for name in known if name not in data and name not in OPTIONAL_KEYS]
     if missing:
         raise ModelDirError(f"{source}: missing keys {', '.join(missing)}. Retrain to write a complete model dir.")
     if data["format_version"] != FORMAT_VERSION:
@@ -143,6 +146,9 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
     threshold = data["unknown_threshold"]
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
         raise ModelDirError(f"{source}: unknown_threshold must be null or between 0 and 1. Received: {threshold!r}")
+    open_set_format = data.get("open_set_format")
+    if open_set_format is not None and (isinstance(open_set_format, bool) or not isinstance(open_set_format, int)):
+        raise ModelDirError(f"{source}: open_set_format must be null or an integer. Received: {open_set_format!r}")
     for name in ("metrics", "versions"):
         if not isinstance(data[name], dict):
             raise ModelDirError(f"{source}: {name} must be a JSON object. Received: {data[name]!r}")
@@ -167,6 +173,7 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
         detect_settings=detect_settings,
         train_settings=train_settings,
         unknown_threshold=None if threshold is None else float(threshold),
+        open_set_format=open_set_format,
         metrics=data["metrics"],
         versions=data["versions"],
         created=str(data["created"]),
@@ -339,8 +346,8 @@ def load_model_dir(path: Path) -> LoadedModel:
 OPEN_SET_FILE = "openset.npz"
 
 
-def write_open_set(path: Path, arrays: dict[str, Any], unknown_threshold: float) -> None:
-    """Store the open-set arrays in a model dir and set its ``unknown_threshold``.
+def write_open_set(path: Path, arrays: dict[str, Any], unknown_threshold: float, open_set_format: int) -> None:
+    """Store the open-set arrays in a model dir and set its ``unknown_threshold`` and ``open_set_format``.
 
     ``openset.npz`` is written first and ``facecls.json`` last, each atomically, so a
     threshold in facecls.json always has its arrays beside it.
@@ -360,7 +367,7 @@ def write_open_set(path: Path, arrays: dict[str, Any], unknown_threshold: float)
     buffer = io.BytesIO()
     np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
     atomic_write_bytes(path / OPEN_SET_FILE, buffer.getvalue())
-    updated = dataclasses.replace(info, unknown_threshold=float(unknown_threshold))
+    updated = dataclasses.replace(info, unknown_threshold=float(unknown_threshold), open_set_format=int(open_set_format))
     write_json(path / INFO_FILE, info_to_dict(updated))
 
 
@@ -381,5 +388,5 @@ def read_open_set(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as error:
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise ModelDirError(
-            f"{file} cannot be read ({reason}). Recalibrate the model dir (facecls run does it after training)."
+            f"{file} cannot be read ({reason}). Recalibrate the model dir: facecls calibrate {path}"
         ) from None

@@ -1,31 +1,42 @@
 """Open set: telling the people a model knows from everyone else (label ``unknown``).
 
-A softmax over a few people calls every stranger one of them, often with a high
-probability, and the classifier's own features do not help much: trained on ImageNet and
-fitted on a few hundred photos, they tell the known people apart but not from a stranger who
-looks like them (a Mahalanobis distance in them rejected about a third of the strangers).
-So ``unknown`` is decided in the space of an identity network trained on millions of faces
-(``facecls.identity``), where one person's photos lie close together: each known person is the
-mean descriptor of their training faces, and a face is as far from a person as its descriptor
-is from that mean.
+A softmax over a few people calls every stranger one of them, often with a high probability,
+and the classifier's own features do not tell a known person from a stranger who looks like
+them. So who a face could be is decided in the space of an identity network trained on
+millions of faces (``facecls.identity``, dlib's face-recognition ResNet), where one distance
+separates the same person from different people for faces in general (dlib: 0.6).
 
-A face's score is the share of the calibration faces -- held-out faces of the known people
-(the val and test splits, never seen in training) -- lying at least as far from their own
-person: 1 for a face closer than all of them, 0 for one farther than any. So a threshold reads
-"unknown if less typical than this share of the person's own held-out photos", and the
-calibrated threshold keeps a chosen share of them (95%). The people a face scores at least the
-threshold against are the people it could be; the classifier names the most probable of them,
-and a face that could be none of them is ``unknown`` (``OpenSetModel.decide``). So a stranger is
-unknown however sure the classifier is, and a known face the classifier would misname as someone
-it plainly is not gets the plausible person instead. The faces of other people in the scrape's multi-face photos (``others.csv`` of the crop stage)
-measure how many strangers that threshold rejects; nothing is fitted to them. Everything here
-is numpy on descriptors; only ``calibrate_model_dir`` runs networks.
+The decision stands on that prior and on the scrape's own evidence, never on a handful of
+held-out faces:
+- **references**: each person's training faces, kept when their photos agree: a training face
+  counts when at least ``neighbours`` of the person's other training faces lie within the prior
+  distance of it (a bystander or a false detection that slipped into the training faces does
+  not, so it cannot make room for strangers);
+- **distance**: a face's distance to a person is the distance to the ``neighbours``-th nearest of
+  that person's references, so a face must agree with several of the person's photos, not with
+  one (a wrong training face) and not with their mean (which lies between a person's looks);
+- **acceptance distance** per person: the prior, tightened to just inside the nearest negative
+  that falls inside it -- the scrape's other faces, found in the other people's photos, and the
+  other known people's references -- but never below the distance that keeps ``target_recall``
+  of the person's own training faces, each measured leave-one-out against the others. A second
+  face in a person's own photo does not tighten that person: it may be the person again (a
+  collage, a mirror, a photo on a screen); on scraped-celebs-6 such faces cost 2.2 points of
+  known photos and gained nothing against strangers (``benchmarks/bench_identity.py``).
+
+A face's score against a person is ``1 - distance / (2 * acceptance distance)`` clipped to [0, 1]:
+0.5 at the acceptance distance, which is the calibrated threshold (``DECISION_THRESHOLD``). The
+people a face scores at least the threshold against are the people it could be; the classifier
+(MobileNetV2, what ``facecls train`` fine-tunes and ``facecls export`` exports) names the most
+probable of them, and a face that could be none is ``unknown`` (``OpenSetModel.decide``). So a
+stranger, or a bystander in a known person's photo, is named only when the identity agrees.
+
+Everything here is numpy on descriptors; only ``calibrate_model_dir`` runs networks.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -35,44 +46,54 @@ from facecls.errors import FaceclsError, ModelDirError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TARGET_RECALL = 0.95
-SCORE_NAME = "identity_distance_share"  # stored in openset.npz so a later change of score cannot be misread
+# 2: references, nearest-neighbour distances and acceptance distances per person (1 was a mean
+# descriptor per person and a threshold on held-out faces).
+OPEN_SET_FORMAT = 2
+SCORE_NAME = "identity_neighbour_distance"  # stored in openset.npz so a later change of score cannot be misread
 IDENTITY_NETWORK = "dlib_face_recognition_resnet_model_v1"  # the descriptors' network (facecls.identity)
-_ARRAYS = ("score", "identity_network", "labels", "class_means", "reference_distances")
+# dlib's own same-person distance for its descriptors (99.38% on LFW); face_recognition uses it too.
+DEFAULT_PRIOR_DISTANCE = 0.6
+# A face must agree with this many of a person's training photos: one or two wrong training faces are not
+# enough. scraped-celebs-6 (bench_identity, 10 splits): stranger photos with nobody named 0.955 / 0.982 / 0.991
+# at 1 / 2 / 3, known photos right 0.987 / 0.987 / 0.978.
+DEFAULT_NEIGHBOURS = 3
+# Negatives never tighten a person's distance below the one keeping this share of their own faces.
+DEFAULT_TARGET_RECALL = 0.95
+DECISION_THRESHOLD = 0.5  # the score at a person's acceptance distance
+_ARRAYS = ("format", "score", "identity_network", "labels", "references", "reference_persons", "person_distances",
+           "neighbours", "prior_distance", "crops_dir")
 
 
 @dataclass(frozen=True)
 class OpenSetModel:
-    """Each known person's mean identity descriptor, and how far their held-out faces lie from it."""
+    """Each known person's reference descriptors and acceptance distance, in the identity network's space."""
 
     labels: tuple[str, ...]  # in the order of the classifier's outputs
-    class_means: np.ndarray  # [C, D] mean identity descriptor of each person's training faces
-    reference_distances: np.ndarray  # [K] ascending: calibration faces' distances to their own person
+    references: np.ndarray  # [M, D] identity descriptors of the training faces that agree with their person
+    reference_persons: np.ndarray  # [M] index into labels of each reference's person
+    person_distances: np.ndarray  # [C] acceptance distance of each person
+    neighbours: int = DEFAULT_NEIGHBOURS
+    prior_distance: float = DEFAULT_PRIOR_DISTANCE
+    crops_dir: str = ""  # the crop folder calibrated from, for facecls calibrate
 
-    def distances(self, identities: np.ndarray, persons: np.ndarray) -> np.ndarray:
-        """Euclidean distance [N] of each face's descriptor to the mean of the person at its index in ``persons``."""
+    default_threshold = DECISION_THRESHOLD
+
+    def neighbour_distances(self, identities: np.ndarray) -> np.ndarray:
+        """Distance [N, C] of each face to the ``neighbours``-th nearest reference of each person."""
         identities = np.asarray(identities, dtype=np.float64)
-        size = self.class_means.shape[1]
+        size = self.references.shape[1]
         if identities.ndim != 2 or identities.shape[1] != size:
             raise FaceclsError(f"identity descriptors must have shape (N, {size}). Received: {identities.shape}")
-        persons = np.asarray(persons, dtype=np.int64)
-        if persons.shape != (len(identities),):
-            raise FaceclsError(f"persons must hold one index per face ({len(identities)}). Received: {persons.shape}")
-        return np.linalg.norm(identities - self.class_means[persons], axis=1)
-
-    def scores(self, identities: np.ndarray, persons: np.ndarray) -> np.ndarray:
-        """Score [N] in [0, 1] of each face against a person: the share of calibration faces at least as far.
-
-        Between two calibration distances the share is interpolated, so the score falls smoothly.
-        """
-        return self._shares(self.distances(identities, persons))
+        return np.stack(
+            [_kth_nearest(identities, self.references[self.reference_persons == person], self.neighbours)
+             for person in range(len(self.labels))],
+            axis=1,
+        ).reshape(len(identities), len(self.labels))
 
     def person_scores(self, identities: np.ndarray) -> np.ndarray:
-        """Score [N, C] of each face against every known person."""
-        identities = np.asarray(identities)
-        count = len(identities)
-        persons = np.tile(np.arange(len(self.labels)), count)
-        return self.scores(np.repeat(identities, len(self.labels), axis=0), persons).reshape(count, len(self.labels))
+        """Score [N, C] in [0, 1] of each face against every known person: 0.5 at the person's acceptance distance."""
+        distances = self.neighbour_distances(identities)
+        return np.clip(1.0 - distances / (2.0 * self.person_distances[None, :]), 0.0, 1.0)
 
     def decide(self, identities: np.ndarray, probabilities: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """Who each face is: (person index [N], -1 for unknown; score [N]).
@@ -92,19 +113,18 @@ class OpenSetModel:
         score = np.where(known, scores[np.arange(len(named)), named], scores.max(axis=1, initial=0.0))
         return np.where(known, named, -1), score
 
-    def _shares(self, distances: np.ndarray) -> np.ndarray:
-        reference = self.reference_distances
-        steps = np.unique(reference)
-        shares = 1.0 - np.searchsorted(reference, steps, side="left") / reference.size
-        return np.interp(distances, steps, shares, left=1.0, right=0.0)
-
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
+            "format": np.array(OPEN_SET_FORMAT),
             "score": np.array(SCORE_NAME),
             "identity_network": np.array(IDENTITY_NETWORK),
             "labels": np.array(self.labels),
-            "class_means": self.class_means.astype(np.float32),
-            "reference_distances": self.reference_distances.astype(np.float64),
+            "references": self.references.astype(np.float32),
+            "reference_persons": self.reference_persons.astype(np.int32),
+            "person_distances": self.person_distances.astype(np.float64),
+            "neighbours": np.array(self.neighbours),
+            "prior_distance": np.array(self.prior_distance),
+            "crops_dir": np.array(self.crops_dir),
         }
 
     @classmethod
@@ -112,151 +132,152 @@ class OpenSetModel:
         """Rebuild from ``to_arrays`` output, checking it belongs to a model with ``labels``.
 
         Raises:
-            ModelDirError: arrays missing, of another score or network, or of other labels or shapes.
+            ModelDirError: arrays of another format, score or network, missing, or of other labels or shapes.
         """
+        fix = f"Recalibrate it: facecls calibrate {Path(source).parent}"
+        stored_format = int(arrays["format"]) if "format" in arrays else 1
+        if stored_format != OPEN_SET_FORMAT:
+            raise ModelDirError(
+                f"{source}: open-set format must be {OPEN_SET_FORMAT}. Received: {stored_format} "
+                f"(written by an older facecls). {fix}"
+            )
         for name, expected in (("score", SCORE_NAME), ("identity_network", IDENTITY_NETWORK)):
             if name in arrays and str(arrays[name]) != expected:
-                raise ModelDirError(
-                    f"{source}: {name} must be {expected!r}. Received: {str(arrays[name])!r}. Recalibrate it: rerun the facecls run (or facecls train) that made it."
-                )
+                raise ModelDirError(f"{source}: {name} must be {expected!r}. Received: {str(arrays[name])!r}. {fix}")
         missing = [name for name in _ARRAYS if name not in arrays]
         if missing:
-            raise ModelDirError(f"{source}: missing arrays {', '.join(missing)}. Recalibrate it: rerun the facecls run (or facecls train) that made it.")
+            raise ModelDirError(f"{source}: missing arrays {', '.join(missing)}. {fix}")
         stored = tuple(str(label) for label in arrays["labels"].tolist())
         if stored != tuple(labels):
             raise ModelDirError(
                 f"{source}: labels {list(stored)} do not match the model's {list(labels)}; "
-                "the model was retrained without recalibrating. Recalibrate it: rerun the facecls run (or facecls train) that made it."
+                f"the model was retrained without recalibrating. {fix}"
             )
-        means = np.asarray(arrays["class_means"], dtype=np.float32)
-        reference = np.asarray(arrays["reference_distances"], dtype=np.float64)
-        if not (means.ndim == 2 and means.shape[0] == len(labels) and reference.ndim == 1 and reference.size > 0):
+        references = np.asarray(arrays["references"], dtype=np.float32)
+        persons = np.asarray(arrays["reference_persons"], dtype=np.int64)
+        distances = np.asarray(arrays["person_distances"], dtype=np.float64)
+        neighbours = int(arrays["neighbours"])
+        shapes_fit = references.ndim == 2 and persons.shape == (len(references),) and distances.shape == (len(labels),)
+        if not (shapes_fit and neighbours >= 1 and set(persons.tolist()) == set(range(len(labels)))):
             raise ModelDirError(
-                f"{source}: class_means must be ({len(labels)}, D) and reference_distances (K,) with K >= 1. "
-                f"Received: {means.shape} and {reference.shape}. Recalibrate it: rerun the facecls run (or facecls train) that made it."
+                f"{source}: references must be (M, D) with one person index each, covering all {len(labels)} people, "
+                f"and person_distances ({len(labels)},). Received: {references.shape}, {persons.shape} and "
+                f"{distances.shape}. {fix}"
             )
-        if not (np.all(np.isfinite(means)) and np.all(np.diff(reference) >= 0) and reference[0] >= 0):
-            raise ModelDirError(
-                f"{source}: class_means must be finite and reference_distances ascending from 0. Recalibrate it: rerun the facecls run (or facecls train) that made it."
-            )
-        return cls(labels=tuple(labels), class_means=means, reference_distances=reference)
+        if not (np.all(np.isfinite(references)) and np.all(distances > 0) and np.all(np.isfinite(distances))):
+            raise ModelDirError(f"{source}: references must be finite and person_distances positive. {fix}")
+        return cls(tuple(labels), references, persons, distances, neighbours, float(arrays["prior_distance"]),
+                   str(arrays["crops_dir"]))
 
 
-def fit_open_set(
+def _kth_nearest(faces: np.ndarray, references: np.ndarray, neighbours: int) -> np.ndarray:
+    """Distance [N] of each face to its ``neighbours``-th nearest reference (the farthest when there are fewer)."""
+    if len(faces) == 0:
+        return np.zeros(0)
+    distances = np.linalg.norm(faces[:, None, :] - references[None, :, :].astype(np.float64), axis=2)
+    rank = min(neighbours, distances.shape[1]) - 1
+    return np.partition(distances, rank, axis=1)[:, rank]
+
+
+def _own_distances(identities: np.ndarray, mine: np.ndarray, kept: np.ndarray, neighbours: int) -> np.ndarray:
+    """Distance of each of a person's training faces (``mine``) to the ``neighbours``-th nearest of the
+    person's references (``kept``) other than itself: leave-one-out (inf without enough others)."""
+    references = mine[kept[mine]]
+    distances = np.linalg.norm(identities[mine][:, None, :] - identities[references][None, :, :], axis=2)
+    distances[mine[:, None] == references[None, :]] = np.inf
+    rank = min(neighbours, len(references)) - 1
+    return np.partition(distances, rank, axis=1)[:, rank]
+
+
+@dataclass(frozen=True)
+class OpenSetCalibration:
+    """What calibrating ``unknown`` found: the acceptance distances and how well they separate."""
+
+    threshold: float  # the score threshold stored as unknown_threshold (DECISION_THRESHOLD)
+    person_distances: dict[str, float]  # acceptance distance of each person
+    known_recall: float  # share of the training faces accepted as their own person, each leave-one-out
+    known_count: int  # training faces
+    outliers: dict[str, int]  # per person, training faces too few of the person's other photos agree with
+    stranger_rejection: float | None  # share of the negatives (the scrape's other faces) called unknown
+    stranger_count: int
+    held_out_recall: float | None = None  # val+test faces not called unknown (None: none held out)
+    known_accuracy: float | None = None  # val+test faces given the right person
+    held_out_count: int = 0
+
+
+def calibrate_arrays(
+    labels: Sequence[str],
     identities: np.ndarray,
     person_indices: np.ndarray,
-    labels: Sequence[str],
-    reference: tuple[np.ndarray, np.ndarray],
-) -> OpenSetModel:
-    """Each person's mean descriptor from their training faces; ``reference`` scored against them.
+    negatives: np.ndarray,
+    negative_persons: np.ndarray | None = None,
+    prior_distance: float = DEFAULT_PRIOR_DISTANCE,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    crops_dir: str = "",
+) -> tuple[OpenSetModel, OpenSetCalibration]:
+    """The open-set model of training descriptors [N, D] (person indices [N]) and negatives [K, D].
 
-    Args:
-        identities: [N, D] identity descriptors of the training faces.
-        person_indices: [N] index into ``labels`` of each face's person.
-        labels: the model's labels, in the order of its outputs.
-        reference: (descriptors, person indices) of the calibration faces, whose distances to their
-            own person define the score.
+    ``negatives`` are descriptors of the scrape's other faces; the other known people's references
+    are negatives of each person too. ``negative_persons`` [K] is the index of the person in whose
+    photo each negative was found (-1: none): it does not tighten that person, since a second face
+    in a person's own photo may be that person again (a collage, a mirror, a photo on a screen).
 
     Raises:
-        FaceclsError: a label has no faces, the arrays do not line up, or no reference faces.
+        FaceclsError: a label has no faces, the arrays do not line up, or a setting out of range.
     """
-    identities = np.asarray(identities, dtype=np.float64)
+    # float32 as openset.npz stores the references, so the loaded model decides exactly alike
+    identities = np.asarray(identities, dtype=np.float32).astype(np.float64)
     person_indices = np.asarray(person_indices)
     if identities.ndim != 2 or len(identities) != len(person_indices):
         raise FaceclsError(
             f"identities must be (N, D) with one person index each. Received: {identities.shape} and {person_indices.shape}"
         )
+    negatives = np.asarray(negatives, dtype=np.float64).reshape(-1, identities.shape[1])
+    negative_persons = np.full(len(negatives), -1) if negative_persons is None else np.asarray(negative_persons)
+    if negative_persons.shape != (len(negatives),):
+        raise FaceclsError(f"negative_persons must hold one index per negative ({len(negatives)}). Received: {negative_persons.shape}")
+    if not 0.0 < target_recall <= 1.0:
+        raise FaceclsError(f"target_recall must be in (0, 1]. Received: {target_recall}")
+    if neighbours < 1 or prior_distance <= 0:
+        raise FaceclsError(f"neighbours must be at least 1 and prior_distance positive. Received: {neighbours}, {prior_distance}")
     empty = [label for index, label in enumerate(labels) if not np.any(person_indices == index)]
     if empty:
         raise FaceclsError(f"Every person needs training faces for the open-set model. Received none for: {', '.join(empty)}")
-    if len(reference[0]) == 0:
-        raise FaceclsError("Calibrating 'unknown' needs held-out faces of the known people. Received none.")
-    means = np.stack([identities[person_indices == index].mean(axis=0) for index in range(len(labels))])
-    # means in float32 as openset.npz stores them, so a loaded model scores alike
-    model = OpenSetModel(labels=tuple(labels), class_means=means.astype(np.float32), reference_distances=np.zeros(1))
-    return replace(model, reference_distances=np.sort(model.distances(*reference)))
-
-
-def threshold_for_recall(known_scores: np.ndarray, target_recall: float = DEFAULT_TARGET_RECALL) -> float:
-    """The highest threshold that keeps at least ``target_recall`` of ``known_scores`` (score >= threshold).
-
-    Raises:
-        FaceclsError: no scores, or a target outside (0, 1].
-    """
-    if not 0.0 < target_recall <= 1.0:
-        raise FaceclsError(f"target_recall must be in (0, 1]. Received: {target_recall}")
-    scores = np.sort(np.asarray(known_scores, dtype=np.float64))
-    if scores.size == 0:
-        raise FaceclsError("Calibrating 'unknown' needs held-out faces of the known people. Received none.")
-    allowed_misses = int(np.floor((1.0 - target_recall) * scores.size + 1e-9))
-    return float(scores[allowed_misses])
-
-
-@dataclass(frozen=True)
-class OpenSetCalibration:
-    """What calibrating ``unknown`` found: the threshold and how well it separates."""
-
-    threshold: float
-    target_recall: float
-    known_recall: float  # share of held-out known faces not called unknown
-    stranger_rejection: float | None  # share of stranger faces called unknown (None: no strangers)
-    known_accuracy: float  # share of held-out known faces given the right person
-    train_count: int  # faces the person means were computed from
-    known_count: int  # held-out faces the threshold was calibrated on
-    stranger_count: int
-    calibrated_on: str  # "val+test", or "train" when there was nothing held out (optimistic)
-
-
-def evaluate_threshold(
-    model: OpenSetModel,
-    threshold: float,
-    known: tuple[np.ndarray, np.ndarray, np.ndarray],
-    strangers: tuple[np.ndarray, np.ndarray] | None,
-) -> tuple[float, float | None, float]:
-    """(known recall, stranger rejection, known accuracy) at ``threshold``, decided as classify decides.
-
-    ``known`` is (descriptors, probabilities, true person indices); ``strangers`` (descriptors,
-    probabilities).
-    """
-    identities, probabilities, truth = known
-    named, _ = model.decide(identities, probabilities, threshold)
-    recall = float(np.mean(named >= 0))
-    accuracy = float(np.mean(named == truth))
+    kept = np.zeros(len(identities), bool)
+    outliers = {}
+    for person, label in enumerate(labels):
+        mine = np.flatnonzero(person_indices == person)
+        agree = _own_distances(identities, mine, np.ones(len(identities), bool), neighbours) <= prior_distance
+        if agree.sum() < 2:  # too few photos agree to tell who the person is: keep them all
+            logger.warning("Open set: the training photos of %s hardly agree with each other; every one is kept.", label)
+            agree[:] = True
+        kept[mine[agree]] = True
+        outliers[label] = int(np.sum(~agree))
+    references, persons = identities[kept], person_indices[kept]
+    distances, accepted = np.empty(len(labels)), np.zeros(len(identities), bool)
+    for person in range(len(labels)):
+        mine = np.flatnonzero(person_indices == person)
+        own = _own_distances(identities, mine, kept, neighbours)  # each leave-one-out
+        references_own = np.sort(own[kept[mine]])
+        floor = references_own[int(np.ceil(target_recall * len(references_own))) - 1]
+        against = np.concatenate([negatives[negative_persons != person], references[persons != person]])
+        nearest = _kth_nearest(against, references[persons == person], neighbours).min(initial=np.inf)
+        distances[person] = min(prior_distance, max(floor, np.nextafter(nearest, 0.0)))
+        accepted[mine] = own <= distances[person]
+    model = OpenSetModel(tuple(labels), references.astype(np.float32), persons.astype(np.int64), distances, neighbours,
+                         float(prior_distance), crops_dir)
     rejection = None
-    if strangers is not None and len(strangers[0]):
-        rejection = float(np.mean(model.decide(strangers[0], strangers[1], threshold)[0] < 0))
-    return recall, rejection, accuracy
-
-
-def calibrate(
-    labels: Sequence[str],
-    train: tuple[np.ndarray, np.ndarray],
-    held_out: tuple[np.ndarray, np.ndarray, np.ndarray],
-    strangers: tuple[np.ndarray, np.ndarray] | None,
-    target_recall: float = DEFAULT_TARGET_RECALL,
-    calibrated_on: str = "val+test",
-) -> tuple[OpenSetModel, OpenSetCalibration]:
-    """Fit the person means on ``train`` (descriptors, person indices) and the score and threshold on ``held_out``.
-
-    ``held_out`` is (descriptors, probabilities, person indices): the threshold keeps
-    ``target_recall`` of these faces scored against their own person, so the classifier's
-    mistakes do not loosen it. ``strangers`` is (descriptors, probabilities) of faces of people
-    outside the model, only measured.
-    """
-    identities, probabilities, truth = held_out
-    model = fit_open_set(train[0], train[1], labels, (identities, truth))
-    threshold = threshold_for_recall(model.scores(identities, truth), target_recall)
-    recall, rejection, accuracy = evaluate_threshold(model, threshold, held_out, strangers)
+    if len(negatives):
+        rejection = float(np.mean(~(model.person_scores(negatives) >= DECISION_THRESHOLD).any(axis=1)))
     calibration = OpenSetCalibration(
-        threshold=threshold,
-        target_recall=target_recall,
-        known_recall=recall,
-        stranger_rejection=rejection,
-        known_accuracy=accuracy,
-        train_count=len(train[0]),
+        threshold=DECISION_THRESHOLD,
+        person_distances={label: float(distance) for label, distance in zip(labels, distances)},
+        known_recall=float(np.mean(accepted)),
         known_count=len(identities),
-        stranger_count=0 if strangers is None else len(strangers[0]),
-        calibrated_on=calibrated_on,
+        outliers=outliers,
+        stranger_rejection=rejection,
+        stranger_count=len(negatives),
     )
     return model, calibration
 
@@ -283,15 +304,14 @@ def calibrate_model_dir(
     crops_dir: Path,
     items: list,
     stranger_crop_paths: list[str],
-    target_recall: float = DEFAULT_TARGET_RECALL,
+    stranger_persons: Sequence[str] | None = None,
     batch_size: int = 32,
 ) -> OpenSetCalibration:
-    """Calibrate ``unknown`` for a trained model dir and store it there.
+    """Calibrate ``unknown`` for a trained model dir and store it there (``openset.npz``, ``unknown_threshold``).
 
-    Each person's mean descriptor comes from the identity chips of the train items, the
-    score's reference distances and the threshold from the val and test items, the reported
-    rejection rate from ``stranger_crop_paths`` (e.g. the crop stage's ``others.csv``).
-    Writes ``openset.npz`` and ``unknown_threshold`` into the model dir.
+    The references are the identity descriptors of the train items' chips, the negatives those of
+    ``stranger_crop_paths`` (e.g. the crop stage's ``others.csv``); the val and test items are only
+    measured (``held_out_recall``, ``known_accuracy``), as classify decides.
 
     Args:
         model_dir: a model dir written by the train stage.
@@ -299,11 +319,14 @@ def calibrate_model_dir(
             relative to and which holds their identity chips (``facecls.crop.chip_path_of``).
         items: ``SplitItem``s of curate (all splits; flips are left out).
         stranger_crop_paths: crops of faces of people outside the model; may be empty.
-        target_recall: share of held-out known faces to keep.
+        stranger_persons: the person whose photo each stranger face was found in (None: nobody's),
+            which that face does not tighten.
 
     Raises:
         FaceclsError: no train items of some person, unreadable crops or chips, or a bad model dir.
     """
+    from dataclasses import replace
+
     from facecls import modeldir
     from facecls.crop import chip_path_of
     from facecls.identity import CHIP_SIZE, IdentityEncoder
@@ -323,55 +346,110 @@ def calibrate_model_dir(
         chips = _read_images(crops_dir, [chip_path_of(path) for path in crop_paths], CHIP_SIZE, "identity chip", recrop)
         return encoder.embed(chips)
 
-    def probabilities(crop_paths: list[str]) -> np.ndarray:
-        size = loaded.info.image_size
-        crops = _read_images(crops_dir, crop_paths, size, "crop", "Re-crop with the model's image_size.")
-        return np.asarray(predict_batched(loaded.model, crops, batch_size)).reshape(len(crop_paths), len(labels))
-
     train = sorted({(item.crop_path, item.person) for item in items if item.split == "train" and not item.flipped})
     held_out = sorted({(item.crop_path, item.person) for item in items if item.split in ("val", "test") and not item.flipped})
-    calibrated_on = "val+test"
-    if not held_out:
-        logger.warning("No val or test items: calibrating 'unknown' on training crops, which overstates recall.")
-        held_out, calibrated_on = train, "train"
-    known_paths = [path for path, _ in held_out]
-    strangers = None
-    if stranger_crop_paths:
-        strangers = (describe(list(stranger_crop_paths)), probabilities(list(stranger_crop_paths)))
-    model, calibration = calibrate(
+    model, calibration = calibrate_arrays(
         labels,
-        (describe([path for path, _ in train]), np.array([class_of[person] for _, person in train])),
-        (describe(known_paths), probabilities(known_paths), np.array([class_of[person] for _, person in held_out])),
-        strangers,
-        target_recall,
-        calibrated_on,
+        describe([path for path, _ in train]),
+        np.array([class_of[person] for _, person in train]),
+        describe(list(stranger_crop_paths)),
+        np.array([class_of.get(person, -1) for person in stranger_persons or [""] * len(stranger_crop_paths)], dtype=int),
+        crops_dir=str(crops_dir.resolve()),
     )
-    modeldir.write_open_set(model_dir, model.to_arrays(), calibration.threshold)
-    logger.info(
-        "Open set: threshold %.3f keeps %.1f%% of %d held-out known faces, rejects %s of %d strangers",
-        calibration.threshold,
-        100 * calibration.known_recall,
-        calibration.known_count,
-        "n/a" if calibration.stranger_rejection is None else f"{100 * calibration.stranger_rejection:.1f}%",
-        calibration.stranger_count,
-    )
+    if held_out:
+        paths = [path for path, _ in held_out]
+        crops = _read_images(crops_dir, paths, loaded.info.image_size, "crop", "Re-crop with the model's image_size.")
+        probabilities = np.asarray(predict_batched(loaded.model, crops, batch_size)).reshape(len(paths), len(labels))
+        named, _ = model.decide(describe(paths), probabilities, calibration.threshold)
+        truth = np.array([class_of[person] for _, person in held_out])
+        calibration = replace(calibration, held_out_recall=float(np.mean(named >= 0)),
+                              known_accuracy=float(np.mean(named == truth)), held_out_count=len(held_out))
+    modeldir.write_open_set(model_dir, model.to_arrays(), calibration.threshold, OPEN_SET_FORMAT)
+    logger.info("Open set: %s", calibration_summary(calibration))
     return calibration
 
 
+def calibration_summary(calibration: OpenSetCalibration) -> str:
+    """One line: the acceptance distances, the known recall and the rejection of the scrape's other faces."""
+    distances = ", ".join(f"{label} {distance:.3f}" for label, distance in calibration.person_distances.items())
+    rejection = "n/a" if calibration.stranger_rejection is None else f"{calibration.stranger_rejection:.3f}"
+    held_out = ""
+    if calibration.held_out_recall is not None:
+        held_out = (f"; val+test: {calibration.held_out_recall:.3f} named, {calibration.known_accuracy:.3f} rightly, "
+                    f"of {calibration.held_out_count}")
+    outliers = sum(calibration.outliers.values())
+    return (f"acceptance distances {distances}; known recall {calibration.known_recall:.3f} of "
+            f"{calibration.known_count} training faces (leave-one-out; {outliers} no other photo agrees with); "
+            f"rejects {rejection} of {calibration.stranger_count} other faces{held_out}")
+
+
 def calibrate_from_crops(model_dir: Path, crops_dir: Path, items: list) -> OpenSetCalibration:
-    """``calibrate_model_dir`` with the crop stage's other faces (``others.csv``) as the strangers."""
+    """``calibrate_model_dir`` with the crop stage's other faces (``others.csv``) as the negatives.
+
+    The other faces of test photos are left out, so the test split stays unseen.
+    """
     from facecls.crop import OTHERS_MANIFEST, read_crops_manifest
 
     others = Path(crops_dir) / OTHERS_MANIFEST
-    strangers = [record.crop_path for record in read_crops_manifest(others)] if others.exists() else []
-    return calibrate_model_dir(model_dir, crops_dir, items, strangers)
+    test_photos = {item.source_path for item in items if item.split == "test"}
+    records = read_crops_manifest(others) if others.exists() else []
+    strangers = [record for record in records if record.source_path not in test_photos]
+    return calibrate_model_dir(model_dir, crops_dir, items, [record.crop_path for record in strangers],
+                               [record.person for record in strangers])
+
+
+def recalibrate(model_dir: Path, crops_dir: Path | None = None) -> OpenSetCalibration:
+    """Recalibrate an existing model dir from its run's crops and splits (``facecls calibrate``).
+
+    The crop folder is ``crops_dir``, else the one the model dir was last calibrated from, else
+    ``crop/`` beside the model dir (the run folder layout); the splits are ``curate/splits.csv``
+    beside the crop folder.
+
+    Raises:
+        FaceclsError: no crop folder or splits found, or what ``calibrate_model_dir`` raises.
+    """
+    from facecls import modeldir
+    from facecls.curate import SPLITS_MANIFEST, read_splits
+
+    model_dir = Path(model_dir)
+    modeldir.read_model_info(model_dir)  # a model dir, before looking for its crops
+    candidates = [Path(crops_dir)] if crops_dir is not None else []
+    if crops_dir is None:
+        try:
+            stored = modeldir.read_open_set(model_dir) or {}
+        except ModelDirError:
+            stored = {}
+        if "crops_dir" in stored and str(stored["crops_dir"]):
+            candidates.append(Path(str(stored["crops_dir"])))
+        candidates.append(model_dir.resolve().parent / "crop")
+    found = next((folder for folder in candidates if (folder.parent / "curate" / SPLITS_MANIFEST).is_file()), None)
+    if found is None:
+        raise FaceclsError(
+            f"No run crop folder for {model_dir} (a crop folder with curate/{SPLITS_MANIFEST} beside it): looked in "
+            f"{', '.join(map(str, candidates))}. Pass the run's crop folder: facecls calibrate {model_dir} --crops RUN/crop"
+        )
+    splits = found.parent / "curate" / SPLITS_MANIFEST
+    return calibrate_from_crops(model_dir, found, read_splits(splits))
 
 
 def load_open_set(model_dir: Path, labels: Sequence[str]) -> OpenSetModel | None:
-    """The open-set model stored in a model dir, or None when it was never calibrated."""
+    """The open-set model stored in a model dir, or None when it was never calibrated.
+
+    Raises:
+        ModelDirError: it was calibrated by an older facecls, an interrupted calibration left
+            facecls.json behind openset.npz, or it does not belong to the model.
+    """
     from facecls import modeldir
 
     arrays = modeldir.read_open_set(model_dir)
     if arrays is None:
         return None
-    return OpenSetModel.from_arrays(arrays, labels, f"{model_dir}/{modeldir.OPEN_SET_FILE}")
+    source = f"{model_dir}/{modeldir.OPEN_SET_FILE}"
+    model = OpenSetModel.from_arrays(arrays, labels, source)
+    recorded = modeldir.read_model_info(model_dir).open_set_format
+    if recorded != OPEN_SET_FORMAT:
+        raise ModelDirError(
+            f"{model_dir}/{modeldir.INFO_FILE}: open_set_format must be {OPEN_SET_FORMAT} like {source}. Received: "
+            f"{recorded} (a calibration was interrupted, or the file is older). Recalibrate it: facecls calibrate {model_dir}"
+        )
+    return model

@@ -372,7 +372,7 @@ def test_output_of_another_model_or_in_use_is_refused(model, tmp_path):
         holder.wait()
     classify(model[0], [photos["no_face.jpg"]], out, sort="none", workers=1)
     with pytest.raises(FaceclsError, match="another model or threshold"):
-        classify(model[0], [tmp_path / "in"], out, sort="none", unknown_threshold=0.5, workers=1)
+        classify(model[0], [tmp_path / "in"], out, sort="none", unknown_threshold=0.7, workers=1)
 
 
 def test_cli_reports_a_summary_and_fails_clearly_on_bad_input(model, tmp_path, capsys):
@@ -386,3 +386,64 @@ def test_cli_reports_a_summary_and_fails_clearly_on_bad_input(model, tmp_path, c
     with pytest.raises(SystemExit) as exit_info:
         main(["classify", str(model[0]), str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--sort", "shuffle"])
     assert exit_info.value.code == 2
+
+
+def test_a_stranger_the_classifier_is_sure_of_is_still_unknown(classifier):
+    from classify_model import STRANGER, val_photos
+
+    faces = [photo.faces[0] for photo in classifier.classify_paths(val_photos(STRANGER)) if photo.faces]
+    sure = [face for face in faces if face.probability >= 0.9]
+    assert sure, "the classifier is sure of none of the stranger's faces: the test proves nothing"
+    assert [face.label for face in sure] == [UNKNOWN] * len(sure)
+    assert all(face.score < classifier.unknown_threshold for face in sure)
+
+
+def test_a_bystander_in_a_known_persons_photo_is_unknown(classifier):
+    from PIL import Image
+
+    from classify_model import STRANGER, val_photos
+
+    def photo(path, height=320):
+        image = Image.fromarray(decode_image(path).pixels)
+        return np.asarray(image.resize((round(image.width * height / image.height), height)))
+
+    known, bystander = photo(val_photos("jerry_seinfeld")[0]), photo(val_photos(STRANGER)[0])
+    faces = classifier.classify_array(np.concatenate([known, bystander], axis=1))  # the two side by side
+    sides = {("known" if face.x + face.width / 2 < known.shape[1] else "bystander"): face for face in faces}
+    assert set(sides) == {"known", "bystander"} and len(faces) == 2
+    assert sides["known"].label == "jerry_seinfeld"
+    assert sides["bystander"].label == UNKNOWN
+
+
+def test_calibrate_rewrites_an_outdated_model_dir_that_classify_refuses(model, tmp_path, capsys):
+    from facecls.curate import SplitItem
+    from facecls.manifest import field_names, write_csv
+    from facecls.modeldir import read_model_info
+    from facecls.openset import OPEN_SET_FORMAT, load_open_set
+
+    model_dir, calibration, crops_dir, known, _ = model
+    run = tmp_path / "run"  # a run folder: model/, crop/ and curate/splits.csv
+    shutil.copytree(model_dir, run / "model")
+    (run / "crop").symlink_to(crops_dir)
+    write_csv(run / "curate" / "splits.csv", known, field_names(SplitItem))
+    # the open set of an older facecls: a mean per person and a share threshold, no format
+    labels = classifier_labels(model)
+    np.savez(run / "model" / "openset.npz", score=np.array("identity_distance_share"), labels=np.array(labels),
+             identity_network=np.array("dlib_face_recognition_resnet_model_v1"), class_means=np.zeros((4, 128)),
+             reference_distances=np.linspace(0.1, 0.5, 9))
+    info = json.loads((run / "model" / "facecls.json").read_text())
+    del info["open_set_format"]
+    (run / "model" / "facecls.json").write_text(json.dumps({**info, "unknown_threshold": 0.053}))
+    with pytest.raises(ModelDirError, match=f"open-set format must be 2.*facecls calibrate {run / 'model'}"):
+        Classifier(run / "model")
+    assert main(["calibrate", str(run / "model")]) == 0
+    summary = capsys.readouterr().out
+    assert summary.startswith("calibrate: acceptance distances") and "known recall" in summary
+    assert json.loads((run / "model" / "facecls.json").read_text())["open_set_format"] == OPEN_SET_FORMAT
+    again = load_open_set(run / "model", labels)
+    assert np.allclose(again.person_distances, list(calibration.person_distances.values()))
+    assert read_model_info(run / "model").unknown_threshold == 0.5
+    # without the run's crops beside it, the error says where it looked and how to pass them
+    shutil.copytree(run / "model", tmp_path / "alone" / "model")
+    assert main(["calibrate", str(tmp_path / "alone" / "model")]) == 1
+    assert "--crops RUN/crop" in capsys.readouterr().err

@@ -110,6 +110,11 @@ def edit_info(path, change):
     (path / "facecls.json").write_text(json.dumps(data))
 
 
+def test_a_facecls_json_of_before_open_set_formats_still_reads(saved):
+    edit_info(saved, lambda data: data.pop("open_set_format"))  # written before the field existed
+    assert modeldir.read_model_info(saved).open_set_format is None
+
+
 @pytest.mark.parametrize(
     "tamper, expected",
     [
@@ -121,6 +126,7 @@ def edit_info(path, change):
         (lambda path: edit_info(path, lambda data: data["labels"].append("dave")), "4 labels but model.keras has 3 outputs"),
         (lambda path: edit_info(path, lambda data: data["crop_settings"].update(margn=1)), "Unknown CropSettings key 'margn'"),
         (lambda path: edit_info(path, lambda data: data.update(format_version=7)), "format_version must be 1"),
+        (lambda path: edit_info(path, lambda data: data.update(open_set_format="2")), "open_set_format must be null or an integer"),
         (lambda path: (path / "model.keras").write_bytes((path / "model.keras").read_bytes()[:5000]), "model.keras cannot be loaded"),
     ],
 )

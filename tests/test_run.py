@@ -112,13 +112,13 @@ def test_rerun_recalibrates_unknown_of_a_model_calibrated_by_an_older_facecls(fi
     model_mtime = (model_dir / "model.keras").stat().st_mtime_ns
     labels = load_model_dir(model_dir).labels
     current = load_open_set(model_dir, labels)
-    # an open-set file of an earlier score: classify would refuse it
-    np.savez(model_dir / OPEN_SET_FILE, score=np.array("mahalanobis_share"), labels=np.array(labels))
+    # an open-set file of an earlier format: classify would refuse it
+    np.savez(model_dir / OPEN_SET_FILE, score=np.array("identity_distance_share"), labels=np.array(labels))
     assert main(argv) == 0
     assert "reused model" in capsys.readouterr().out
     assert (model_dir / "model.keras").stat().st_mtime_ns == model_mtime  # not retrained
     again = load_open_set(model_dir, labels)
     with np.load(model_dir / OPEN_SET_FILE) as data:
         assert str(data["score"]) == SCORE_NAME
-    assert np.array_equal(again.class_means, current.class_means)
-    assert np.array_equal(again.reference_distances, current.reference_distances)
+    assert np.array_equal(again.references, current.references)
+    assert np.array_equal(again.person_distances, current.person_distances)
