@@ -25,6 +25,7 @@ from facecls.config import (
     TrainSettings,
 )
 from facecls.errors import FaceclsError
+from facecls.quiet import silence_tensorflow_start_up
 
 logger = logging.getLogger("facecls")
 
@@ -616,9 +617,10 @@ def _remove_if_nothing_written(folder: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        silence_tensorflow_start_up()  # its C++ start-up lines would print before our one-line errors
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

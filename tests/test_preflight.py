@@ -151,3 +151,27 @@ def test_a_failed_command_leaves_no_folder_it_created(tmp_path, capsys):
     kept.mkdir()
     assert main(["classify", str(tmp_path / "no_model"), str(photos), "--out", str(kept)]) == 1
     assert kept.is_dir()
+
+
+def test_an_error_after_tensorflow_is_loaded_is_still_the_only_line_on_stderr(tmp_path: Path, weights_dir: Path):
+    """Photos without a face pass every pre-flight check, so crop loads TensorFlow and MTCNN before curate fails."""
+    import numpy as np
+    from PIL import Image
+
+    scrape = tmp_path / "scrape"
+    rng = np.random.default_rng(0)
+    for person in ("alice", "bob"):
+        (scrape / person).mkdir(parents=True)
+        for index in range(4):
+            blocks = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+            Image.fromarray(blocks).resize((160, 120), Image.Resampling.NEAREST).save(scrape / person / f"{index}.png")
+    weights = weights_dir / "mobilenet_v2_0.35_224_no_top_imagenet.h5"
+    finished = subprocess.run(
+        [sys.executable, "-m", "facecls", "--quiet", "run", str(scrape), "--out", str(tmp_path / "run"),
+         "--weights", str(weights), "--workers", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert finished.returncode == 1, finished.stderr
+    assert (tmp_path / "run" / "crop" / "photos.csv").is_file()  # the crop stage ran: TensorFlow was loaded
+    lines = finished.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("facecls: error: "), finished.stderr
