@@ -122,6 +122,8 @@ class OpenSetModel:
         missing = [name for name in _ARRAYS if name not in arrays]
         if missing:
             raise ModelDirError(f"{source}: missing arrays {', '.join(missing)}. Recalibrate it: rerun the facecls run (or facecls train) that made it.")
+        if np.asarray(arrays["labels"]).ndim != 1:
+            raise ModelDirError(f"{source}: labels must be a list of names. Received an array of shape {np.shape(arrays['labels'])}. Recalibrate it: rerun the facecls run (or facecls train) that made it.")
         stored = tuple(str(label) for label in arrays["labels"].tolist())
         if stored != tuple(labels):
             raise ModelDirError(
@@ -374,4 +376,13 @@ def load_open_set(model_dir: Path, labels: Sequence[str]) -> OpenSetModel | None
     arrays = modeldir.read_open_set(model_dir)
     if arrays is None:
         return None
-    return OpenSetModel.from_arrays(arrays, labels, f"{model_dir}/{modeldir.OPEN_SET_FILE}")
+    from facecls.identity import EMBEDDING_SIZE
+
+    source = f"{model_dir}/{modeldir.OPEN_SET_FILE}"
+    model = OpenSetModel.from_arrays(arrays, labels, source)
+    if model.class_means.shape[1] != EMBEDDING_SIZE:
+        raise ModelDirError(
+            f"{source}: class_means must have {EMBEDDING_SIZE} columns, one per identity-descriptor value. "
+            f"Received: {model.class_means.shape[1]}. Recalibrate it: rerun the facecls run (or facecls train) that made it."
+        )
+    return model
