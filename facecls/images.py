@@ -115,7 +115,8 @@ def is_heif(head: bytes) -> bool:
     return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
-def _special_file(mode: int) -> str:
+def special_file_reason(mode: int) -> str:
+    """What a file that is not a regular file is, from its st_mode, for reasons."""
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
     kind = next((name for test, name in kinds if test(mode)), "a special file")
@@ -128,12 +129,12 @@ def _open(path: Path) -> Image.Image:
         # Before opening: opening a socket fails with a misleading "No such device or address".
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
-            raise ImageDecodeError(path, _special_file(mode))
+            raise ImageDecodeError(path, special_file_reason(mode))
         # O_NONBLOCK: a FIFO swapped in after the check must not wait forever for a writer.
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
             mode = os.fstat(file.fileno()).st_mode
             if not stat.S_ISREG(mode):
-                raise ImageDecodeError(path, _special_file(mode))
+                raise ImageDecodeError(path, special_file_reason(mode))
             head = file.read(64)
     except OSError as error:
         raise ImageDecodeError(path, error.strerror or str(error)) from None

@@ -138,6 +138,8 @@ def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) ->
         if path.is_symlink() and path.is_dir() and path.parent == scrape:
             reason = ("is a symbolic link to a folder: person folders that are links are not followed (as links "
                       "inside them are not); copy the photos into <scrape>/<person>/ to use them")  # fmt: skip
+        elif len(Path(relative).parts) > 1:
+            reason = "is in a hidden folder, which is not a person's; move it into <scrape>/<person>/ to use it"
         else:
             reason = "is not in a person's folder; move it into <scrape>/<person>/ to use it"
         return replace(blank, status="no_person", reason=reason)
@@ -153,7 +155,8 @@ def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) ->
             return replace(blank, reason=_dangling_link_reason(path))
         if not path.is_file():
             folder = path.is_symlink() and path.is_dir()
-            return replace(blank, reason="symbolic link to a folder (not followed)" if folder else "not a regular file")
+            reason = "symbolic link to a folder (not followed)" if folder else images.special_file_reason(path.stat().st_mode)
+            return replace(blank, reason=reason)
         size = path.stat().st_size
         # A file too large to be a usable photo is never read whole: a 4 GB file of zeros is
         # rejected from its first bytes, not hashed for a minute.
