@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from facecls.config import (
@@ -206,10 +208,13 @@ def command_train(args) -> int:
     from facecls.openset import calibrate_from_crops
     from facecls.train import train_model
 
+    from facecls.paths import check_output_folder
+
     out = _run_folder(args.out)
+    model_dir = Path(args.model_dir) if args.model_dir else out / "model"
+    check_output_folder(model_dir, option="--model-dir")
     detect_settings, crop_settings = _settings_from_crop_summary(out / "crop")
     items = read_splits(out / "curate" / "splits.csv")
-    model_dir = Path(args.model_dir) if args.model_dir else out / "model"
     result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
     calibration = calibrate_from_crops(model_dir, out / "crop", items)
     accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.3f}"
@@ -233,8 +238,11 @@ def command_evaluate(args) -> int:
     from facecls.manifest import write_csv
     from facecls.modeldir import load_model_dir
 
-    loaded = load_model_dir(Path(args.model_dir))
+    from facecls.paths import check_output_folder
+
     out = Path(args.out) if args.out else Path(args.model_dir) / "evaluation" / Path(args.folder).name
+    check_output_folder(out, [Path(args.folder)])
+    loaded = load_model_dir(Path(args.model_dir))
     found = crops_from_labelled_folder(loaded, Path(args.folder), workers=args.workers)
     write_csv(
         out / "photos_without_face.csv",
@@ -309,7 +317,8 @@ def command_classify(args) -> int:
         f"classify: {result.photos} photos ({result.classified} classified now, {result.skipped} already done, "
         f"{result.photos_per_second:.1f} photos/s), {result.faces} faces: {people}; "
         f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}\n"
-        f"report: {result.out_dir / REPORT_NAME}",
+        + (f"kept in place: {len(result.kept_sources)} (see kept_sources in classify.json)\n" if result.kept_sources else "")
+        + f"report: {result.out_dir / REPORT_NAME}",
         {**dataclasses.asdict(result), "report": result.out_dir / REPORT_NAME},
     )
     return 0
@@ -563,14 +572,22 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     progress_setting = os.environ.get("TQDM_DISABLE")
+    warning_setting = os.environ.get("PYTHONWARNINGS")
     if args.quiet:
         # tqdm reads TQDM_* variables when it is first imported (stages import it lazily, after
-        # this), and worker processes inherit them.
+        # this), and worker processes inherit them, as they inherit PYTHONWARNINGS.
         os.environ["TQDM_DISABLE"] = "1"
+        # Libraries' warnings too (Pillow on odd EXIF, absl from Keras); facecls's own still show.
+        os.environ["PYTHONWARNINGS"] = "ignore"
+    absl_level = logging.getLogger("absl").level
     try:
         if getattr(args, "workers", None) is not None and args.workers < 1:
             raise FaceclsError(f"--workers must be at least 1. Received: {args.workers}. Leave it out for one per core.")
-        return args.handler(args)
+        with warnings.catch_warnings():
+            if args.quiet:
+                warnings.simplefilter("ignore")
+                logging.getLogger("absl").setLevel(logging.ERROR)
+            return args.handler(args)
     except FaceclsError as error:
         if args.debug:
             raise
@@ -579,9 +596,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("facecls: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
+            raise
+        where = f" while writing {error.filename}" if error.filename else ""
+        print(f"facecls: error: no space left on the device{where}. Free some space and rerun the same command: "
+              "finished work is reused.", file=sys.stderr)  # fmt: skip
+        return 1
     finally:
         if args.quiet and progress_setting is None:
             os.environ.pop("TQDM_DISABLE", None)
+        logging.getLogger("absl").setLevel(absl_level)
+        if args.quiet:
+            if warning_setting is None:
+                os.environ.pop("PYTHONWARNINGS", None)
+            else:
+                os.environ["PYTHONWARNINGS"] = warning_setting
 
 
 if __name__ == "__main__":

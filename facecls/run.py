@@ -37,6 +37,7 @@ from facecls.config import (
 )
 from facecls.errors import FaceclsError
 from facecls.manifest import output_lock, read_json, sha256_file, write_json
+from facecls.paths import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ def run(scrape: Path, run_dir: Path, settings: RunSettings = RunSettings(), mode
     started = time.perf_counter()
     scrape, run_dir = Path(scrape), Path(run_dir)
     model_dir = Path(model_dir) if model_dir else run_dir / "model"
+    check_output_folder(run_dir, [scrape])  # a run folder inside the scrape would be ingested as a person
+    check_output_folder(model_dir, [scrape], "--model-dir")
     modeldir.check_replaceable(model_dir)
     _check_weights(settings.train.weights)
     with output_lock(run_dir):
