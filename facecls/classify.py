@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 import tempfile
 import time
@@ -49,7 +50,9 @@ from tqdm import tqdm
 from facecls import images
 from facecls.crop import FaceCropper, PhotoFaces, default_workers
 from facecls.errors import FaceclsError
-from facecls.manifest import output_lock, read_json, sha256_file, write_json
+from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
+from facecls.manifest import csv_text, output_lock, read_json, sha256_file, write_json
+from facecls.paths import check_output_folder, display_name, fit_file_name, is_valid_utf8, path_under
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +70,15 @@ PARTIAL_PREFIX = ".facecls-partial-"
 PROBABILITY_PREFIX = "p_"
 BASE_COLUMNS = (
     "path", "face", "status", "label", "score", "x", "y", "w", "h",
-    "reason", "best_match", "probability", "confidence", "faces", "sha256",
+    "reason", "best_match", "probability", "confidence", "faces", "sha256", "sorted_to",
 )  # fmt: skip
 ANNOTATED_LONGEST_SIDE = 2048
 # Photos are grouped until this many faces wait, then classified in one model call.
 DEFAULT_BATCH_SIZE = 32
 _SYNC_SECONDS = 1.0
+# Testing hook: "step" or "step:N" SIGKILLs this process the N-th time sorting reaches that step.
+KILL_AT_VARIABLE = "FACECLS_KILL_AT"
+SORT_STEPS = ("intent", "write", "fsync", "link", "placed", "commit", "unlink", "done")
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,7 @@ class ClassifyResult:
     sorted_files: int  # files placed into label folders by this run
     seconds: float
     photos_per_second: float  # of this run
+    kept_sources: tuple[str, ...] = ()  # --sort move, every run into out_dir: files left in place, and why
 
 
 @dataclass(frozen=True)
@@ -259,13 +266,7 @@ class Classifier:
         self.model_dir = Path(model_dir)
         self.info = read_model_info(self.model_dir)
         model_file(self.model_dir)  # present; the workers load it (with one worker, below)
-        self.labels: tuple[str, ...] = self.info.labels
-        clashing = [label for label in self.labels if label in (UNKNOWN, NO_FACE, UNREADABLE)]
-        if clashing:
-            raise FaceclsError(
-                f"Model labels must not be {UNKNOWN!r}, {NO_FACE!r} or {UNREADABLE!r}: classify uses them for "
-                f"faces and photos outside the model. Received: {clashing}. Rename that person's folder and retrain."
-            )
+        self.labels: tuple[str, ...] = self.info.labels  # checked as person names (facecls.paths)
         self.open_set = load_open_set(self.model_dir, self.labels)
         if self.open_set is None and self.info.unknown_threshold is not None:
             raise ModelDirError(
@@ -392,12 +393,19 @@ def prediction_columns(labels: Sequence[str]) -> list[str]:
     return list(BASE_COLUMNS) + [PROBABILITY_PREFIX + label for label in labels]
 
 
-def prediction_rows(photo: PhotoPrediction, sha256: str, labels: Sequence[str]) -> list[dict]:
-    """The rows of one photo: one per face, or one row saying no_face / unreadable."""
+def prediction_rows(
+    photo: PhotoPrediction, sha256: str, labels: Sequence[str], sorted_to: Sequence[str] = ()
+) -> list[dict]:
+    """The rows of one photo: one per face, or one row saying no_face / unreadable.
+
+    ``sorted_to`` lists where the photo was sorted, relative to the output folder.
+    """
     empty_probabilities = {PROBABILITY_PREFIX + label: None for label in labels}
+    sorted_cell = list(sorted_to) or None
     if not photo.faces:
         row = dict.fromkeys(BASE_COLUMNS)
-        row.update(path=photo.path, status=photo.status, reason=photo.reason, faces=0, sha256=sha256)
+        row.update(path=photo.path, status=photo.status, reason=photo.reason, faces=0, sha256=sha256,
+                   sorted_to=sorted_cell)  # fmt: skip
         return [{**row, **empty_probabilities}]
     rows = []
     for face in photo.faces:
@@ -417,6 +425,7 @@ def prediction_rows(photo: PhotoPrediction, sha256: str, labels: Sequence[str]) 
             "confidence": face.confidence,
             "faces": len(photo.faces),
             "sha256": sha256,
+            "sorted_to": sorted_cell,
         }
         row.update({PROBABILITY_PREFIX + label: face.probabilities.get(label) for label in labels})
         rows.append(row)
@@ -424,13 +433,7 @@ def prediction_rows(photo: PhotoPrediction, sha256: str, labels: Sequence[str]) 
 
 
 def _csv_bytes(rows: list[dict], columns: list[str], header: bool = False) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    if header:
-        writer.writeheader()
-    for row in rows:
-        writer.writerow({key: "" if value is None else value for key, value in row.items()})
-    return buffer.getvalue().encode("utf-8")
+    return csv_text(rows, columns, header=header).encode("utf-8")
 
 
 def _jsonl_bytes(rows: list[dict]) -> bytes:
@@ -532,13 +535,29 @@ class _Outputs:
 # ---------------------------------------------------------------- sorting
 
 
+_kill_counts: Counter = Counter()
+
+
+def _kill_point(step: str) -> None:
+    """SIGKILL this process at a sorting step when ``FACECLS_KILL_AT`` asks for it (fault-injection tests)."""
+    wanted = os.environ.get(KILL_AT_VARIABLE)
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name == step:
+        _kill_counts[step] += 1
+        if _kill_counts[step] == int(count or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class _Sorter:
     """Places photos into ``<out>/<label>/`` without ever overwriting, with a journal.
 
     For each photo: the journal records the destinations, the files are placed (copy: a temp
     file, fsynced, linked to a free name; link: a hard link, or a symbolic link across file
-    systems), the predictions are committed, then for ``move`` the source is removed, and the
-    journal records that the photo is done. ``recover`` finishes or rolls back an interrupted photo.
+    systems), the predictions are committed, then for ``move`` the source is removed if it
+    still holds the photo, and the journal records that the photo is done. ``recover``
+    finishes or rolls back an interrupted photo, checking content before removing anything.
     """
 
     def __init__(self, out_dir: Path, mode: str):
@@ -547,6 +566,7 @@ class _Sorter:
         self.journal_path = out_dir / JOURNAL_NAME
         self._journal = None
         self.placed = 0
+        self.kept: list[str] = []  # why sources were left in place
 
     def _log(self, entry: dict, durable: bool) -> None:
         if self._journal is None:
@@ -567,7 +587,7 @@ class _Sorter:
         candidate, number = folder / name, 0
         while candidate.exists() or candidate.is_symlink() or candidate in taken:
             number += 1
-            candidate = folder / f"{stem}-{number}{suffix}"
+            candidate = folder / fit_file_name(stem, f"-{number}{suffix}")
         return candidate
 
     def plan(self, source: str, sha256: str, folders: Sequence[str]) -> list[Path]:
@@ -575,7 +595,7 @@ class _Sorter:
         taken: set[Path] = set()
         destinations = []
         for folder in folders:
-            destination = self._free_name(self.out_dir / folder, Path(source).name, taken)
+            destination = self._free_name(path_under(self.out_dir, folder), Path(source).name, taken)
             taken.add(destination)
             destinations.append(destination)
         self._log(
@@ -583,6 +603,7 @@ class _Sorter:
              "destinations": [str(path.relative_to(self.out_dir)) for path in destinations]},
             durable=self.mode == "move",
         )  # fmt: skip
+        _kill_point("intent")
         return destinations
 
     def place(self, source: str, destinations: list[Path]) -> list[Path]:
@@ -602,6 +623,7 @@ class _Sorter:
         if self.mode == "move":
             for folder in {path.parent for path in placed}:
                 _fsync_folder(folder)
+        _kill_point("placed")
         return placed
 
     def _place_one(self, source: Path, destination: Path) -> None:
@@ -617,9 +639,11 @@ class _Sorter:
         try:
             with os.fdopen(handle, "wb") as target, open(source, "rb") as origin:
                 shutil.copyfileobj(origin, target, 1 << 20)
+                target.flush()
+                _kill_point("write")
                 if self.mode == "move":
-                    target.flush()
                     os.fsync(target.fileno())
+                    _kill_point("fsync")
             shutil.copystat(source, temporary)
             try:
                 os.link(temporary, destination)  # fails if the name exists: never overwrites
@@ -629,21 +653,49 @@ class _Sorter:
                 if destination.exists():
                     raise FileExistsError(destination) from None
                 os.rename(temporary, destination)
+            _kill_point("link")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
+
+    def committed(self) -> None:
+        _kill_point("commit")
+
+    def _remove_source(self, source: str, sha256: str) -> None:
+        """Unlink a moved photo's source, unless it no longer holds the photo (then keep it and say so)."""
+        try:
+            current = sha256_file(Path(source))
+        except FileNotFoundError:
+            return  # already gone
+        except OSError as error:
+            current = f"unreadable ({error.strerror or error})"
+        if current != sha256:
+            reason = (
+                f"{source}: kept, its content changed after it was classified (its sorted copy holds the photo "
+                "that was classified; rerun to classify the new content)"
+            )
+            logger.warning("%s", reason)
+            self.kept.append(reason)
+            return
+        os.unlink(source)
+        _fsync_folder(Path(source).parent)
+        _kill_point("unlink")
 
     def finish(self, source: str, sha256: str, placed: list[Path]) -> None:
         """After the predictions are committed: remove a moved source, mark the photo done."""
         if self.mode == "move":
             if not all(path.exists() for path in placed):
                 raise FaceclsError(f"{source}: a sorted copy vanished before the move finished; the source is kept.")
-            os.unlink(source)
-            _fsync_folder(Path(source).parent)
+            self._remove_source(source, sha256)
         self._log({"op": "done", "source": source, "sha256": sha256}, durable=False)
+        _kill_point("done")
 
     def recover(self, committed: set[tuple[str, str]]) -> None:
-        """Finish or roll back photos an interrupted run left half sorted; then start a new journal."""
+        """Finish or roll back photos an interrupted run left half sorted; then start a new journal.
+
+        Nothing is removed without checking its content: a sorted copy only if it holds the photo
+        and the source still does too, a source only if it still holds the photo that was sorted.
+        """
         for partial in self.out_dir.glob(f"*/{PARTIAL_PREFIX}*"):
             partial.unlink()
         pending: dict[tuple[str, str], dict] = {}
@@ -661,39 +713,51 @@ class _Sorter:
             elif entry.get("op") == "done":
                 pending.pop((entry["source"], entry["sha256"]), None)
         for (source, sha256), intent in pending.items():
-            destinations = [self.out_dir / name for name in intent["destinations"]]
+            destinations = [path_under(self.out_dir, name) for name in intent["destinations"]]
             ours = [path for path in destinations if _holds(path, source, sha256)]
+            source_holds = _has_content(Path(source), sha256)
             if (source, sha256) in committed:
                 # Predictions are in: make sure the photo sits in every folder, then finish a move.
                 folders = {path.parent for path in ours}
                 missing = [path for path in destinations[: len(set(intent["destinations"]))] if path.parent not in folders]
-                if missing and Path(source).exists() and sha256_file(Path(source)) == sha256:
+                if missing and source_holds:
                     saved_mode, self.mode = self.mode, intent["mode"]
                     self.place(source, missing)
                     self.mode = saved_mode
                     ours += missing
-                if intent["mode"] == "move" and Path(source).exists() and ours and all(path.exists() for path in ours):
+                if intent["mode"] == "move" and os.path.lexists(source) and ours and all(path.exists() for path in ours):
                     logger.info("Finishing the interrupted move of %s", source)
-                    os.unlink(source)
+                    self._remove_source(source, sha256)
             else:
-                # Not committed: the photo is classified again, so remove what was placed for it.
+                # Not committed: the photo is classified again from its source, so remove what was
+                # placed for it, unless the source no longer holds it: then the copy is the only one.
                 for path in ours:
-                    if Path(source).exists() or intent["mode"] != "move":
+                    if source_holds or intent["mode"] != "move":
                         path.unlink()
-                    else:  # cannot happen (sources go only after the commit); keep the only copy
-                        logger.warning("Keeping %s: its source %s is gone", path, source)
+                    else:
+                        reason = (
+                            f"{path}: kept, the only copy of {source} (it changed or vanished while being sorted); "
+                            "it has no prediction row"
+                        )
+                        logger.warning("%s", reason)
+                        self.kept.append(reason)
         self.close()
         if self.journal_path.exists():
             _atomic_replace(self.journal_path, b"")
+
+
+def _has_content(path: Path, sha256: str) -> bool:
+    try:
+        return path.is_file() and sha256_file(path) == sha256
+    except OSError:
+        return False
 
 
 def _holds(path: Path, source: str, sha256: str) -> bool:
     """Whether ``path`` is a copy or link of the photo (by content), so it is ours to remove."""
     if path.is_symlink():
         return os.readlink(path) == os.path.abspath(source)
-    if not path.is_file():
-        return False
-    return sha256_file(path) == sha256
+    return _has_content(path, sha256)
 
 
 # ---------------------------------------------------------------- inputs
@@ -707,20 +771,17 @@ def _check_inputs(inputs: Sequence[Path]) -> None:
         raise FaceclsError(f"Input not found: {', '.join(missing)}. Pass existing photo files or folders.")
 
 
-def iter_input_files(inputs: Sequence[Path], exclude: Path | None = None) -> Iterator[str]:
+def iter_input_files(inputs: Sequence[Path]) -> Iterator[str]:
     """Every file under the inputs (recursively, sorted, hidden files included), as absolute paths.
 
-    Symbolic links to folders are listed, not followed (no loops); ``exclude`` (the output folder) is skipped.
+    Symbolic links to folders are listed, not followed (no loops).
     """
-    excluded = os.path.realpath(exclude) if exclude is not None else None
     for item in inputs:
         item = Path(os.path.abspath(item))
         if not item.is_dir():
             yield str(item)
             continue
         for root, folders, names in os.walk(item, followlinks=False):
-            if excluded is not None:
-                folders[:] = [name for name in folders if os.path.realpath(os.path.join(root, name)) != excluded]
             folders.sort()
             # Symlinked folders are not walked, but listed, so each gets an unreadable row saying why.
             linked = [name for name in folders if os.path.islink(os.path.join(root, name))]
@@ -728,10 +789,12 @@ def iter_input_files(inputs: Sequence[Path], exclude: Path | None = None) -> Ite
                 yield os.path.join(root, name)
 
 
-def _sha256_or_empty(path: str) -> str:
+def _sha256_or_empty(path: str, max_bytes: int) -> str:
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return ""  # a FIFO would block the read forever; the decoder reports what it is
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            # A FIFO would block the read forever, a 4 GB file take a minute: the decoder says what they are.
+            return ""
         return sha256_file(Path(path))
     except OSError:
         return ""
@@ -808,7 +871,8 @@ def classify(
     inputs = [Path(path) for path in inputs]
     _check_inputs(inputs)
     out_dir = Path(out_dir)
-    total = sum(1 for _ in iter_input_files(inputs, exclude=out_dir))
+    check_output_folder(out_dir, inputs)
+    total = sum(1 for _ in iter_input_files(inputs))
     if workers is None:
         workers = 1 if total < 24 else default_workers()
     with output_lock(out_dir):
@@ -816,17 +880,17 @@ def classify(
             columns = prediction_columns(classifier.labels)
             fingerprint = classifier.fingerprint()
             summary_path = out_dir / SUMMARY_NAME
-            if summary_path.exists():
-                previous = read_json(summary_path)
-                if isinstance(previous, dict) and previous.get("fingerprint") not in (None, fingerprint):
-                    raise FaceclsError(
-                        f"{out_dir} holds predictions of another model or threshold ({previous.get('model_dir')}). "
-                        "Choose another --out folder, or delete it to start over."
-                    )
+            previous = read_json(summary_path) if summary_path.exists() else {}
+            if isinstance(previous, dict) and previous.get("fingerprint") not in (None, fingerprint):
+                raise FaceclsError(
+                    f"{out_dir} holds predictions of another model or threshold ({previous.get('model_dir')}). "
+                    "Choose another --out folder, or delete it to start over."
+                )
             done, old_rows = _repair_outputs(out_dir, columns)
             sorter = _Sorter(out_dir, sort) if sort != "none" else None
+            recovery = _Sorter(out_dir, sort if sorter is not None else "copy")
             if sorter is not None or (out_dir / JOURNAL_NAME).exists():
-                (sorter or _Sorter(out_dir, "copy")).recover(done)
+                recovery.recover(done)
             base_summary = {
                 "model_dir": str(Path(model_dir).resolve()),
                 "fingerprint": fingerprint,
@@ -835,18 +899,23 @@ def classify(
                 "unknown_threshold": classifier.unknown_threshold,
                 "sort": sort,
             }
-            write_json(summary_path, {**base_summary, "state": "running"})
+            # Kept across runs: a run killed after its recovery kept something must not forget it.
+            earlier_kept = previous.get("kept_sources") if isinstance(previous, dict) else None
+            kept = [str(note) for note in earlier_kept] if isinstance(earlier_kept, list) else []
+            kept += recovery.kept
+            write_json(summary_path, {**base_summary, "state": "running", "kept_sources": kept})
             counts = _Counts()
             for row in old_rows:
                 counts.add_row(row)
             skipped = 0
+            max_bytes = classifier.cropper.max_pixels * MAX_FILE_BYTES_PER_PIXEL
             submitted: deque[tuple[str, str]] = deque()
             seen = set(done)
 
             def todo() -> Iterator[str]:
                 nonlocal skipped
-                for path in iter_input_files(inputs, exclude=out_dir):
-                    key = (path, _sha256_or_empty(path))
+                for path in iter_input_files(inputs):
+                    key = (display_name(path), _sha256_or_empty(path, max_bytes))
                     if key in seen:
                         skipped += 1
                         progress.update(1)
@@ -862,13 +931,20 @@ def classify(
             try:
                 for photo in classifier.classify_paths(todo()):
                     path, sha256 = submitted.popleft()
+                    if not is_valid_utf8(photo.path):
+                        photo = PhotoPrediction(
+                            path, UNREADABLE, "its name is not valid UTF-8 (shown with \\x escapes); rename the "
+                            "file to classify it", photo.width, photo.height,
+                        )  # fmt: skip
                     folders = _folders_for(photo) if sorter is not None else []
-                    destinations = sorter.plan(path, sha256, folders) if folders else []
-                    placed = sorter.place(path, destinations) if destinations else []
-                    rows = prediction_rows(photo, sha256, classifier.labels)
+                    destinations = sorter.plan(photo.path, sha256, folders) if folders else []
+                    placed = sorter.place(photo.path, destinations) if destinations else []
+                    sorted_to = [str(destination.relative_to(out_dir)) for destination in placed]
+                    rows = prediction_rows(photo, sha256, classifier.labels, sorted_to)
                     outputs.append(rows, durable=sort == "move")
                     if folders:
-                        sorter.finish(path, sha256, placed)
+                        sorter.committed()
+                        sorter.finish(photo.path, sha256, placed)
                     if annotate and photo.faces:
                         _annotate(photo, sha256, out_dir)
                     for row in rows:
@@ -896,6 +972,7 @@ def classify(
                 sorted_files=sorter.placed if sorter is not None else 0,
                 seconds=round(seconds, 2),
                 photos_per_second=round(rate, 2),
+                kept_sources=tuple(kept + (sorter.kept if sorter is not None else [])),
             )
             summary = {**base_summary, "state": "finished"}
             summary.update(

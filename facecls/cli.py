@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 from facecls.config import (
@@ -207,15 +209,17 @@ def command_train(args) -> int:
     from facecls.curate import read_splits
     from facecls.run import check_weights
 
+    from facecls.paths import check_output_folder
+
     out = _run_folder(args.out)
+    model_dir = Path(args.model_dir) if args.model_dir else out / "model"
+    check_output_folder(model_dir, option="--model-dir")
     detect_settings, crop_settings = _settings_from_crop_summary(out / "crop")
     items = read_splits(out / "curate" / "splits.csv")
     check_weights(_train_settings(args))
-    # TensorFlow prints its start-up lines when first imported: after the checks, not before their errors.
     from facecls.openset import calibrate_from_crops, calibration_summary
     from facecls.train import train_model
 
-    model_dir = Path(args.model_dir) if args.model_dir else out / "model"
     result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
     calibration = calibrate_from_crops(model_dir, out / "crop", items)
     accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.3f}"
@@ -249,8 +253,11 @@ def command_evaluate(args) -> int:
     from facecls.manifest import write_csv
     from facecls.modeldir import load_model_dir
 
-    loaded = load_model_dir(Path(args.model_dir))
+    from facecls.paths import check_output_folder
+
     out = Path(args.out) if args.out else Path(args.model_dir) / "evaluation" / Path(args.folder).name
+    check_output_folder(out, [Path(args.folder)])
+    loaded = load_model_dir(Path(args.model_dir))
     found = crops_from_labelled_folder(loaded, Path(args.folder), workers=args.workers)
     write_csv(
         out / "photos_without_face.csv",
@@ -335,7 +342,8 @@ def command_classify(args) -> int:
         args,
         f"classify: {result.photos} photos ({done}), {result.faces} faces: {people}; "
         f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}\n"
-        f"report: {result.out_dir / REPORT_NAME}",
+        + (f"kept in place: {len(result.kept_sources)} (see kept_sources in classify.json)\n" if result.kept_sources else "")
+        + f"report: {result.out_dir / REPORT_NAME}",
         {**dataclasses.asdict(result), "report": result.out_dir / REPORT_NAME},
     )
     return 0
@@ -625,15 +633,23 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     progress_setting = os.environ.get("TQDM_DISABLE")
+    warning_setting = os.environ.get("PYTHONWARNINGS")
     if args.quiet:
         # tqdm reads TQDM_* variables when it is first imported (stages import it lazily, after
-        # this), and worker processes inherit them.
+        # this), and worker processes inherit them, as they inherit PYTHONWARNINGS.
         os.environ["TQDM_DISABLE"] = "1"
+        # Libraries' warnings too (Pillow on odd EXIF, absl from Keras); facecls's own still show.
+        os.environ["PYTHONWARNINGS"] = "ignore"
+    absl_level = logging.getLogger("absl").level
     created = _first_missing_folder(getattr(args, "out", None))
     try:
         if getattr(args, "workers", None) is not None and args.workers < 1:
             raise FaceclsError(f"--workers must be at least 1. Received: {args.workers}. Leave it out for one per core.")
-        return args.handler(args)
+        with warnings.catch_warnings():
+            if args.quiet:
+                warnings.simplefilter("ignore")
+                logging.getLogger("absl").setLevel(logging.ERROR)
+            return args.handler(args)
     except FaceclsError as error:
         _remove_if_nothing_written(created)
         if args.debug:
@@ -644,9 +660,23 @@ def main(argv: list[str] | None = None) -> int:
         _remove_if_nothing_written(created)
         print("facecls: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
+            raise
+        _remove_if_nothing_written(created)
+        where = f" while writing {error.filename}" if error.filename else ""
+        print(f"facecls: error: no space left on the device{where}. Free some space and rerun the same command: "
+              "finished work is reused.", file=sys.stderr)  # fmt: skip
+        return 1
     finally:
         if args.quiet and progress_setting is None:
             os.environ.pop("TQDM_DISABLE", None)
+        logging.getLogger("absl").setLevel(absl_level)
+        if args.quiet:
+            if warning_setting is None:
+                os.environ.pop("PYTHONWARNINGS", None)
+            else:
+                os.environ["PYTHONWARNINGS"] = warning_setting
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -46,14 +47,29 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
         raise FaceclsError(f"{name} must be one of {', '.join(map(str, allowed))}. Received: {value!r}")
 
 
+# What a stored value of each field type may be (a float field takes an integer too; bool is never a number).
+_STORED_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+                 "bool": ((bool,), "true or false")}  # fmt: skip
+
+
 def settings_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build a settings record from a dict, rejecting unknown keys with a suggestion."""
-    known = {field.name for field in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
+    """Build a settings record from a dict (a stored config), checking every key and value type.
+
+    Raises:
+        FaceclsError: not a dict, an unknown key (with the closest known one), or a value of the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise FaceclsError(f"{cls.__name__} must be an object of settings. Received: {type(data).__name__}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise FaceclsError(f"Unknown {cls.__name__} key {key!r}.{hint} Allowed: {', '.join(sorted(known))}")
+            raise FaceclsError(f"Unknown {cls.__name__} key {key!r}.{hint} Allowed: {', '.join(sorted(fields))}")
+        allowed, described = _STORED_TYPES[str(fields[key].type)]
+        wrong_type = not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+        if wrong_type or (isinstance(value, float) and not math.isfinite(value)):
+            raise FaceclsError(f"{cls.__name__} {key} must be {described}. Received: {value!r}")
     return cls(**data)
 
 

@@ -34,9 +34,10 @@ from tqdm import tqdm
 
 from facecls import images
 from facecls.config import CropSettings, DetectSettings, IngestSettings, settings_to_dict
-from facecls.detect import Detection, FaceDetector, limit_tensorflow_threads
+from facecls.detect import Detection, FaceDetector, import_tensorflow_quietly, limit_tensorflow_threads
 from facecls.errors import FaceclsError
 from facecls.manifest import atomic_write_bytes, field_names, output_lock, read_csv, read_json, write_csv, write_json
+from facecls.paths import check_output_folder, path_under
 
 logger = logging.getLogger(__name__)
 
@@ -307,27 +308,28 @@ def _faces_in_files(
         except images.ImageDecodeError as error:
             status = "unreadable"
             failures[path] = PhotoFaces(path, status, error.reason, 0, 0)
-    done = {result.path: result for result in faces_in_pixels(detector, decoded, crop_settings)} if decoded else {}
+    try:
+        found = faces_in_pixels(detector, decoded, crop_settings) if decoded else []
+    except Exception:  # noqa: BLE001 - one photo's failure must not take the others down: retry one by one
+        found = [_faces_or_failure(detector, name, pixels, crop_settings) for name, pixels in decoded]
+    done = {result.path: result for result in found}
     return [failures.get(path) or done[path] for path in paths]
+
+
+def _faces_or_failure(detector: FaceDetector, name: str, pixels: np.ndarray, crop_settings: CropSettings) -> PhotoFaces:
+    """The faces of one photo, or an unreadable result saying why detecting or cropping failed."""
+    try:
+        return faces_in_pixels(detector, [(name, pixels)], crop_settings)[0]
+    except Exception as error:  # noqa: BLE001 - becomes this photo's status and reason
+        logger.warning("%s: face detection failed: %s", name, error)
+        reason = f"face detection failed on this image ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+        return PhotoFaces(name, "unreadable", reason, int(pixels.shape[1]), int(pixels.shape[0]))
 
 
 _worker_detector: FaceDetector | None = None
 _worker_crop_settings: CropSettings | None = None
 _worker_max_pixels: int = 0
 _worker_after: Callable[[list[PhotoFaces]], list] | None = None
-
-
-def _import_tensorflow_quietly() -> None:
-    # TensorFlow writes start-up lines to stderr before its log level applies; in a worker
-    # process they would repeat once per worker in the middle of the progress bar.
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _worker_start(
@@ -338,7 +340,7 @@ def _worker_start(
 ) -> None:
     global _worker_detector, _worker_crop_settings, _worker_max_pixels, _worker_after
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     # One core per worker process: MTCNN does not scale across threads, but across processes.
     limit_tensorflow_threads(1)
     _worker_detector = FaceDetector(detect_settings)
@@ -510,6 +512,7 @@ def crop(
     from facecls.ingest import read_ingest_manifest
 
     scrape, out_dir = Path(scrape), Path(out_dir)
+    check_output_folder(out_dir, [scrape])
     records = [record for record in read_ingest_manifest(ingest_manifest) if record.status == "ok"]
     if not records:
         raise FaceclsError(f"{ingest_manifest} lists no usable photo. Check the ingest statuses and reasons in it.")
@@ -547,6 +550,9 @@ def crop(
         write_csv(out_dir / OTHERS_MANIFEST, others, field_names(CropRecord))
         _remove_stale_crops(out_dir, {record.crop_path for record in crops + others})
         counts = dict(Counter(photo.status for photo in photos))
+        faceless = sorted({photo.person for photo in photos} - {record.person for record in crops})
+        for person in faceless:
+            logger.warning("%s: no face found in any usable photo of %s; %s is left out of the model", out_dir, person, person)
         write_json(
             out_dir / SUMMARY_NAME,
             {
@@ -558,6 +564,7 @@ def crop(
                 "other_people_crops": len(others),
                 "counts": counts,
                 "reused": len(records) - len(todo),
+                "people_without_faces": faceless,
             },
         )
         write_contact_sheets(out_dir, photos, crops)
@@ -598,6 +605,7 @@ def _store_photo(
             name = f"{folder}/{record.person}/" + crop_file_name(
                 record.path, record.sha256, index, crop_settings.crop_format
             )
+            path_under(out_dir, name)  # the person name was checked at ingest; the manifest may be edited
             images.write_image(out_dir / name, pixels)
             images.write_image(out_dir / chip_path_of(name), chip)
             names.append(name)
@@ -722,4 +730,4 @@ def write_contact_sheets(out_dir: Path, photos: list[PhotoRecord], crops: list[C
             draw.text((4, rows * thumb + 4 + number * line), text, fill="black")
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
-        atomic_write_bytes(out_dir / SHEETS_FOLDER / f"{_UNSAFE.sub('_', person)}.png", buffer.getvalue())
+        atomic_write_bytes(path_under(out_dir, SHEETS_FOLDER, f"{person}.png"), buffer.getvalue())

@@ -151,9 +151,12 @@ def demo(
     from facecls.report import REPORT_NAME
     from facecls.run import RunSettings, check_weights, run
 
+    from facecls.paths import check_output_folder
+
     settings = settings or RunSettings()
     check_weights(settings.train)  # fail before the download, not after it
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     scrape = prepare_scrape(out_dir / SCRAPE_FOLDER, lfw_home, people, photos_per_person)
     result = run(scrape.scrape_dir, out_dir / RUN_FOLDER, settings, workers=workers)

@@ -94,6 +94,11 @@ def _from_mtcnn(face: dict, scale: float) -> Detection:
 BUCKET_PIXELS = 64
 
 
+def _too_thin(shape: tuple) -> bool:
+    """Whether no face MTCNN looks for fits (and its P-Net would fail on the pyramid): a 1x2000 photo."""
+    return min(shape[:2]) < MTCNN_MIN_FACE_SIZE
+
+
 def _bucket(shape: tuple) -> tuple[int, int]:
     height, width = shape[:2]
     return (-(-height // BUCKET_PIXELS) * BUCKET_PIXELS, -(-width // BUCKET_PIXELS) * BUCKET_PIXELS)
@@ -109,6 +114,23 @@ def _inside(face: dict, shape: tuple) -> bool:
     """Whether a face found on a padded photo has its centre on the photo itself."""
     x, y, width, height = face["box"]
     return x + width / 2 < shape[1] and y + height / 2 < shape[0]
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with stderr silenced: it writes start-up lines (absl, oneDNN) before its
+    log level applies, in the middle of progress bars and once per worker process."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def limit_tensorflow_threads(threads: int) -> None:
@@ -157,6 +179,7 @@ class FaceDetector:
 
     def __init__(self, settings: DetectSettings = DetectSettings()):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import_tensorflow_quietly()
         from mtcnn import MTCNN
 
         self.settings = settings
@@ -181,7 +204,8 @@ class FaceDetector:
         scaled = [resize_longest_side(pixels, self.settings.detect_side) for pixels in photos]
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for index, (small, _) in enumerate(scaled):
-            buckets[_bucket(small.shape)].append(index)
+            if not _too_thin(small.shape):
+                buckets[_bucket(small.shape)].append(index)
         results: list[list[Detection]] = [[] for _ in photos]
         padded: set[int] = set()
         for bucket, indices in buckets.items():
@@ -237,6 +261,8 @@ class FaceDetector:
             if abs(scale / first_scale - 1) < 0.1:
                 continue  # about the scale of the first pass
             size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
+            if _too_thin(size):
+                continue
             interpolation = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
             resized = cv2.resize(pixels, size, interpolation=interpolation)
             faces = self._mtcnn.detect_faces(resized, min_face_size=MTCNN_MIN_FACE_SIZE)

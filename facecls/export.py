@@ -279,7 +279,10 @@ def export_model_dir(
         )
     from facecls.model import predict_probabilities
     from facecls.modeldir import library_versions, load_model_dir
+    from facecls.paths import check_output_folder
 
+    if out_dir is not None:
+        check_output_folder(Path(out_dir), [Path(model_dir)])  # a model dir is only read
     loaded = load_model_dir(Path(model_dir))
     crops = read_crops(Path(representative), loaded.info.image_size) if representative is not None else None
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(Path(model_dir))

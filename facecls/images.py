@@ -1,8 +1,8 @@
 """The one module that reads and writes image files.
 
 Files are decoded by content, never by extension (scrapes hold AVIF and WEBP named
-``.jpg``), EXIF orientation is applied, and every mode Pillow knows (palette, RGBA,
-grayscale, 16-bit, CMYK) comes out as 8-bit RGB, the only input MTCNN and the model accept.
+``.jpg``, phones HEIC), EXIF orientation is applied, and every mode Pillow knows (palette,
+RGBA, grayscale, 16-bit, CMYK) comes out as 8-bit RGB, the only input MTCNN and the model accept.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from facecls.errors import ImageDecodeError
 from facecls.manifest import atomic_write_bytes
+
+register_heif_opener()  # HEIC / HEIF, what phones save photos as
 
 # We enforce our own pixel limit (IngestSettings.max_megapixels) before decoding;
 # Pillow's own guard stays on as a backstop at twice its default.
@@ -34,6 +37,12 @@ _IMAGE_SIGNATURES = (
     b"II*\x00",
     b"MM\x00*",
 )
+# ISO base media brands of HEIF images (HEIC photos, image sequences); AVIF is decoded by Pillow itself.
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
+# No JPEG can code a block of 8x8 pixels in under one bit (its DC coefficient), so a JPEG file
+# smaller than this many bytes per pixel is truncated whatever its content (the decoder fills
+# the missing part with grey instead of failing).
+_JPEG_MIN_BYTES_PER_PIXEL = 1 / 512
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,8 @@ def sniff_content(head: bytes) -> str:
     stripped = head.lstrip().lower()
     if not head:
         return "empty file"
+    if not head.strip(b"\x00"):
+        return "only zero bytes where its data should start (an unfinished download or a placeholder)"
     if stripped.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in stripped[:512]:
         return "HTML page"
     if stripped.startswith((b"<?xml", b"<svg")):
@@ -100,13 +111,30 @@ def looks_like_image(head: bytes) -> bool:
     return head[4:8] == b"ftyp"  # AVIF / HEIF containers
 
 
+def is_heif(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def special_file_reason(mode: int) -> str:
+    """What a file that is not a regular file is, from its st_mode, for reasons."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
 def _open(path: Path) -> Image.Image:
     path = Path(path)
     try:
-        # O_NONBLOCK: opening a FIFO named like a photo must not wait forever for a writer.
+        # Before opening: opening a socket fails with a misleading "No such device or address".
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageDecodeError(path, special_file_reason(mode))
+        # O_NONBLOCK: a FIFO swapped in after the check must not wait forever for a writer.
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                raise ImageDecodeError(path, "not a regular file (a folder, pipe or device)")
+            mode = os.fstat(file.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise ImageDecodeError(path, special_file_reason(mode))
             head = file.read(64)
     except OSError as error:
         raise ImageDecodeError(path, error.strerror or str(error)) from None
@@ -117,6 +145,8 @@ def _open(path: Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(path)
     except UnidentifiedImageError:
+        if is_heif(head):
+            raise ImageDecodeError(path, "HEIC/HEIF image that the HEIF decoder (pillow-heif) cannot read; it is probably truncated or corrupt") from None
         if looks_like_image(head):
             raise ImageDecodeError(path, "image header not understood; the file is probably truncated or corrupt") from None
         raise NotAnImageError(path, f"content is {sniff_content(head)}, not an image") from None
@@ -196,6 +226,11 @@ def decode_image(path: Path, max_pixels: int | None = None) -> DecodedImage:
             raise ImageDecodeError(path, str(error) or type(error).__name__) from None
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageDecodeError(path, f"decoded to an unusable array of shape {pixels.shape}")
+    size = os.path.getsize(path)
+    if file_format == "JPEG" and size < pixels.shape[0] * pixels.shape[1] * _JPEG_MIN_BYTES_PER_PIXEL:
+        raise ImageDecodeError(
+            path, f"truncated: {size} bytes cannot hold a {pixels.shape[1]}x{pixels.shape[0]} JPEG (the rest would decode as grey)"
+        )
     return DecodedImage(pixels=np.ascontiguousarray(pixels), format=file_format)
 
 

@@ -8,7 +8,13 @@ The scrape is only read. Each file gets one ``IngestRecord`` with a status:
 - ``too_small`` / ``too_large``: under ``min_side`` pixels, or over ``max_megapixels``;
 - ``duplicate``: byte-identical to a kept photo;
 - ``near_duplicate``: the same picture re-encoded, resized or mirrored (perceptual hash);
-- ``no_person``: a file lying directly in the scrape folder, outside any person's folder.
+- ``no_person``: a file outside any usable person's folder: directly in the scrape folder, in a
+  hidden folder, behind a symbolic link to a folder, or in a folder whose name cannot be a
+  person's (``facecls.paths.person_name_problem``: ``unknown``, not UTF-8, a control character, ...).
+
+Names that are not valid UTF-8 are shown with ``\\xNN`` escapes, and such files are ``unreadable``
+(no manifest could name them exactly). Content is sniffed before a file is hashed, and a file too
+large for ``max_megapixels`` is never read whole.
 
 Every usable photo belongs to a duplicate ``group`` (the kept photo's id); later stages keep a
 group together so that copies of one photo never land in both training and test.
@@ -31,6 +37,7 @@ from facecls import images
 from facecls.config import IngestSettings, settings_to_dict
 from facecls.errors import FaceclsError
 from facecls.manifest import field_names, output_lock, read_csv, sha256_file, write_csv, write_json
+from facecls.paths import check_output_folder, display_name, is_valid_utf8, person_name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,9 @@ MANIFEST_NAME = "ingest.csv"
 SUMMARY_NAME = "ingest.json"
 STATUSES = ("ok", "unreadable", "not_image", "too_small", "too_large", "duplicate", "near_duplicate", "no_person")
 USABLE_STATUSES = ("ok",)
+# Bytes per pixel above which a file is too large to hash or decode, whatever it holds: well
+# over what any format needs (16-bit RGBA uncompressed TIFF: 8).
+MAX_FILE_BYTES_PER_PIXEL = 8
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,9 @@ def list_scrape(scrape: Path) -> list[tuple[Path, str]]:
 
     Files directly in the scrape folder or in a hidden top-level folder come with person ""
     (they get status no_person).
-    Hidden files are included (a photo named ``.jpg`` is still a photo); symlinked
-    folders are not followed, so symlink loops cannot trap the walk.
+    Hidden files are included (a photo named ``.jpg`` is still a photo); symlinked folders
+    are not followed, a person's folder included (listed with person "", so they get a row),
+    so symlink loops cannot trap the walk and nothing outside the scrape is read.
     """
     scrape = Path(scrape)
     if not scrape.exists():
@@ -90,13 +101,17 @@ def list_scrape(scrape: Path) -> list[tuple[Path, str]]:
     if not scrape.is_dir():
         raise FaceclsError(f"{scrape} is a file; the scrape must be a folder laid out as <scrape>/<person>/<photos>.")
     entries = sorted(os.listdir(scrape))
-    files: list[tuple[Path, str]] = [(scrape / entry, "") for entry in entries if not (scrape / entry).is_dir()]
+
+    def is_folder(entry: str) -> bool:
+        return (scrape / entry).is_dir() and not (scrape / entry).is_symlink()
+
+    files: list[tuple[Path, str]] = [(scrape / entry, "") for entry in entries if not is_folder(entry)]
     for entry in entries:  # hidden folders (.thumbnails, .git) are not people: listed, not used
-        if entry.startswith(".") and (scrape / entry).is_dir() and not (scrape / entry).is_symlink():
+        if entry.startswith(".") and is_folder(entry):
             for root, directories, names in os.walk(scrape / entry, followlinks=False):
                 directories.sort()
                 files.extend((Path(root) / name, "") for name in sorted(names))
-    people = sorted(entry for entry in entries if (scrape / entry).is_dir() and not entry.startswith("."))
+    people = sorted(entry for entry in entries if is_folder(entry) and not entry.startswith("."))
     for person in people:
         for root, directories, names in os.walk(scrape / person, followlinks=False):
             directories.sort()
@@ -114,18 +129,22 @@ def check_scrape_layout(scrape: Path, files: list[tuple[Path, str]]) -> list[str
         FaceclsError: fewer than two person folders hold a file; says what the folder holds
             instead (files directly in it, empty person folders) and how to lay it out.
     """
-    people = sorted({person for _, person in files if person})
+    people = sorted({person for _, person in files if person and not person_name_problem(person)})
     if len(people) >= 2:
         return people
+    refused = sorted({person for _, person in files if person and person_name_problem(person)})
     loose = [path.name for path, person in files if not person and path.parent == scrape]
     folders = sorted(entry.name for entry in scrape.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    empty = [name for name in folders if name not in people]
+    empty = [name for name in folders if name not in people and name not in refused]
     found = []
     if loose:
         example = ", ".join(loose[:2]) + (", ..." if len(loose) > 2 else "")
         found.append(f"{_count(len(loose), 'file')} directly in it ({example}), which belong to no person")
     if people:
         found.append(f"photos of one person only ({people[0]})")
+    if refused:
+        names = ", ".join(repr(display_name(name)) for name in refused[:3]) + (", ..." if len(refused) > 3 else "")
+        found.append(f"{_count(len(refused), 'folder')} whose name cannot be a person's ({names})")
     if empty:
         found.append(f"{_count(len(empty), 'empty person folder')} ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})")
     layout = f"{scrape}/<person>/<photos>"
@@ -156,27 +175,41 @@ def _dangling_link_reason(path: Path) -> str:
 
 def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) -> IngestRecord:
     relative = str(path.relative_to(scrape))
-    blank = IngestRecord(relative, person, "", "", 0, 0, "unreadable", "", "", "", "", "")
+    blank = IngestRecord(display_name(relative), display_name(person), "", "", 0, 0, "unreadable", "", "", "", "", "")
     if not person:
-        return replace(
-            blank,
-            status="no_person",
-            reason="is not in a person's folder; move it into <scrape>/<person>/ to use it",
-        )
+        if path.is_symlink() and path.is_dir() and path.parent == scrape:
+            reason = ("is a symbolic link to a folder: person folders that are links are not followed (as links "
+                      "inside them are not); copy the photos into <scrape>/<person>/ to use them")  # fmt: skip
+        elif len(Path(relative).parts) > 1:
+            reason = "is in a hidden folder, which is not a person's; move it into <scrape>/<person>/ to use it"
+        else:
+            reason = "is not in a person's folder; move it into <scrape>/<person>/ to use it"
+        return replace(blank, status="no_person", reason=reason)
+    problem = person_name_problem(person)
+    if problem:
+        return replace(blank, status="no_person", reason=f"its folder name {display_name(person)!r} {problem}; rename the folder to use its photos")
+    if not is_valid_utf8(relative):
+        return replace(blank, reason="its name is not valid UTF-8 (shown with \\x escapes); rename the file to use it")
+    max_pixels = int(settings.max_megapixels * 1e6)
+    max_bytes = max_pixels * MAX_FILE_BYTES_PER_PIXEL
     try:
         if path.is_symlink() and not path.exists():
             return replace(blank, reason=_dangling_link_reason(path))
         if not path.is_file():
             folder = path.is_symlink() and path.is_dir()
-            return replace(blank, reason="symbolic link to a folder (not followed)" if folder else "not a regular file")
-        sha256 = sha256_file(path)
-    except OSError as error:
-        return replace(blank, reason=error.strerror or str(error))
-    blank = replace(blank, sha256=sha256)
-    max_pixels = int(settings.max_megapixels * 1e6)
-    try:
+            reason = "symbolic link to a folder (not followed)" if folder else images.special_file_reason(path.stat().st_mode)
+            return replace(blank, reason=reason)
+        size = path.stat().st_size
+        # A file too large to be a usable photo is never read whole: a 4 GB file of zeros is
+        # rejected from its first bytes, not hashed for a minute.
+        blank = replace(blank, sha256=sha256_file(path) if size <= max_bytes else "")
         info = images.read_info(path)
         blank = replace(blank, format=info.format, width=info.width, height=info.height)
+        if size > max_bytes:
+            return replace(
+                blank, status="too_large", reason=f"the file is {size / 1e6:.0f} MB, over {max_bytes / 1e6:.0f} MB "
+                f"({MAX_FILE_BYTES_PER_PIXEL} bytes a pixel at {settings.max_megapixels:g} megapixels)",
+            )  # fmt: skip
         if info.width * info.height > max_pixels:
             return replace(
                 blank,
@@ -190,6 +223,8 @@ def _inspect(path: Path, person: str, scrape: Path, settings: IngestSettings) ->
         return replace(blank, status="too_large", reason=error.reason)
     except images.ImageDecodeError as error:
         return replace(blank, reason=error.reason)
+    except OSError as error:
+        return replace(blank, reason=error.strerror or str(error))
     record = replace(blank, width=decoded.width, height=decoded.height, status="ok")
     if min(decoded.width, decoded.height) < settings.min_side:
         return replace(
@@ -277,7 +312,11 @@ def ingest(scrape: Path, out_dir: Path, settings: IngestSettings = IngestSetting
         FaceclsError: the scrape is missing, empty, or holds fewer than two people.
     """
     scrape, out_dir = Path(scrape), Path(out_dir)
+    check_output_folder(out_dir, [scrape])
     files = list_scrape(scrape)
+    for person in sorted({person for _, person in files if person and person_name_problem(person)}):
+        logger.warning("%s: not used, its name %s (its files are no_person)", display_name(str(scrape / person)),
+                       person_name_problem(person))  # fmt: skip
     people = check_scrape_layout(scrape, files)
     with output_lock(out_dir):
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

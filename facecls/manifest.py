@@ -79,14 +79,24 @@ def write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, to_json(value))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, max_bytes: int | None = None) -> Any:
+    """Parse a JSON file; ``max_bytes`` refuses larger files (of untrusted origin) before parsing.
+
+    Raises:
+        FaceclsError: missing, too large, not JSON, or nested too deeply to parse.
+    """
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
+        with open(path, "rb") as file:
+            data = file.read(-1 if max_bytes is None else max_bytes + 1)
     except FileNotFoundError:
         raise FaceclsError(f"{path}: file not found.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise FaceclsError(f"{path}: not valid JSON ({error}). Delete it and rerun the stage that writes it.") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise FaceclsError(f"{path}: larger than the {max_bytes} bytes allowed; facecls never writes one so large.")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise FaceclsError(f"{path}: not valid JSON ({reason}). Delete it and rerun the stage that writes it.") from None
 
 
 def _row(record: Any) -> dict[str, Any]:
@@ -105,14 +115,26 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_csv(path: Path, records: Iterable[Any], fieldnames: list[str]) -> None:
-    """Write records (dataclasses or dicts) as CSV, atomically."""
+def csv_text(records: Iterable[Any], fieldnames: list[str], header: bool = True) -> str:
+    """Records (dataclasses or dicts) as CSV text, every value read back exactly by ``read_csv``.
+
+    The csv module quotes a field holding "\\n" (our line end) but not one holding a lone
+    "\\r", which its reader then takes for a line end: rows with one are written fully quoted.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, extrasaction="raise", lineterminator="\n")
-    writer.writeheader()
+    quoted = csv.DictWriter(buffer, fieldnames=fieldnames, extrasaction="raise", lineterminator="\n", quoting=csv.QUOTE_ALL)
+    if header:
+        writer.writeheader()
     for record in records:
-        writer.writerow({key: _cell(value) for key, value in _row(record).items()})
-    atomic_write_text(path, buffer.getvalue())
+        row = {key: _cell(value) for key, value in _row(record).items()}
+        (quoted if any("\r" in str(value) for value in row.values()) else writer).writerow(row)
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, records: Iterable[Any], fieldnames: list[str]) -> None:
+    """Write records (dataclasses or dicts) as CSV, atomically."""
+    atomic_write_text(path, csv_text(records, fieldnames))
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

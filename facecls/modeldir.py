@@ -15,8 +15,10 @@ import glob
 import importlib.metadata
 import os
 import platform
+import math
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 from facecls.config import CropSettings, DetectSettings, TrainSettings, settings_from_dict
 from facecls.errors import FaceclsError, ModelDirError
 from facecls.manifest import atomic_write_bytes, read_json, write_json
+from facecls.paths import person_name_problem
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -35,6 +38,13 @@ RESERVED_FILES = (MODEL_FILE, INFO_FILE, HISTORY_FILE)
 RETIRED_TRAIN_KEYS = frozenset({"head_learning_rate"})  # the head's Adam step, before L-BFGS
 # Keys that older model dirs lack; reading one fills in the default (None: an older open set).
 OPTIONAL_KEYS = frozenset({"open_set_format"})
+# Size guards on what is read from a model dir, which may come from anyone: far above what
+# facecls writes (facecls.json ~3 KB; model.keras config ~200 KB; openset.npz ~10 KB; weights
+# of MobileNetV2 alpha 1.4 ~25 MB), far below what would exhaust memory.
+MAX_INFO_BYTES = 1 << 20
+MAX_MODEL_CONFIG_BYTES = 16 << 20
+MAX_MODEL_BYTES = 1 << 30
+MAX_OPEN_SET_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
     missing = [name for name in known if name not in data and name not in OPTIONAL_KEYS]
     if missing:
         raise ModelDirError(f"{source}: missing keys {', '.join(missing)}. Retrain to write a complete model dir.")
-    if data["format_version"] != FORMAT_VERSION:
+    if type(data["format_version"]) is not int or data["format_version"] != FORMAT_VERSION:
         raise ModelDirError(
             f"{source}: format_version must be {FORMAT_VERSION}. Received: {data['format_version']!r}. "
             "Use the facecls version that wrote it, or retrain."
@@ -142,16 +152,27 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
         or not all(isinstance(label, str) and label for label in labels)
         or len(set(labels)) != len(labels)
     ):
-        raise ModelDirError(f"{source}: labels must be a list of at least 2 distinct names. Received: {labels!r}")
+        raise ModelDirError(f"{source}: labels must be a list of at least 2 distinct names. Received: {labels!r}"[:500])
+    for label in labels:
+        problem = person_name_problem(label)
+        if problem:
+            raise ModelDirError(f"{source}: label {label!r} {problem}; labels become folder names. Retrain from a scrape "
+                                "whose person folders have plain names.")  # fmt: skip
     threshold = data["unknown_threshold"]
-    if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+    if threshold is not None and not (_is_number(threshold) and 0.0 <= threshold <= 1.0):
         raise ModelDirError(f"{source}: unknown_threshold must be null or between 0 and 1. Received: {threshold!r}")
     open_set_format = data.get("open_set_format")
     if open_set_format is not None and (isinstance(open_set_format, bool) or not isinstance(open_set_format, int)):
         raise ModelDirError(f"{source}: open_set_format must be null or an integer. Received: {open_set_format!r}")
-    for name in ("metrics", "versions"):
+    for name in ("image_size", "alpha"):
+        if not _is_number(data[name]) or (name == "image_size" and type(data[name]) is not int):
+            kind = "an integer" if name == "image_size" else "a number"
+            raise ModelDirError(f"{source}: {name} must be {kind}. Received: {data[name]!r}")
+    for name in ("metrics", "versions", "crop_settings", "detect_settings", "train_settings"):
         if not isinstance(data[name], dict):
-            raise ModelDirError(f"{source}: {name} must be a JSON object. Received: {data[name]!r}")
+            raise ModelDirError(f"{source}: {name} must be a JSON object. Received: {data[name]!r}"[:500])
+    if not isinstance(data["created"], str):
+        raise ModelDirError(f"{source}: created must be a string (ISO 8601 time). Received: {data['created']!r}")
     try:
         # Model dirs written before alignment existed were trained on box crops: keep cropping them so.
         crop_settings = settings_from_dict(CropSettings, {"align": False, **data["crop_settings"]})
@@ -179,6 +200,36 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
         created=str(data["created"]),
         format_version=FORMAT_VERSION,
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_archive(path: Path, max_bytes: int, members: dict[str, int] | None = None,
+                   fix: str = "Retrain to write a new model dir.") -> None:
+    """Refuse a zip archive (model.keras, openset.npz) that would unpack to more than we read.
+
+    Raises:
+        ModelDirError: not a zip archive, over ``max_bytes`` uncompressed, or a member of
+            ``members`` (name -> most bytes) larger than allowed.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise ModelDirError(f"{path} cannot be loaded (not a valid archive: {error}). {fix}") from None
+    total = sum(entry.file_size for entry in entries)
+    if total > max_bytes:
+        raise ModelDirError(
+            f"{path} cannot be loaded: it unpacks to {total} bytes, over the {max_bytes} allowed. {fix}"
+        )
+    for entry in entries:
+        if members and entry.filename in members and entry.file_size > members[entry.filename]:
+            raise ModelDirError(
+                f"{path} cannot be loaded: its {entry.filename} is {entry.file_size} bytes, over the "
+                f"{members[entry.filename]} allowed. {fix}"
+            )
 
 
 def _check_extra_name(name: str) -> None:
@@ -291,21 +342,22 @@ def read_model_info(path: Path) -> ModelInfo:
     if not info_path.is_file():
         raise ModelDirError(f"{path} is not a complete model dir: {INFO_FILE} is missing. Retrain or pick another folder.")
     try:
-        data = read_json(info_path)
+        data = read_json(info_path, max_bytes=MAX_INFO_BYTES)
     except FaceclsError as error:
         raise ModelDirError(str(error)) from None
     return info_from_dict(data, str(info_path))
 
 
 def model_file(path: Path) -> Path:
-    """The Keras model file of a model dir.
+    """The Keras model file of a model dir, checked to unpack to a sane size (before Keras reads it).
 
     Raises:
-        ModelDirError: it is missing.
+        ModelDirError: it is missing, not an archive, or too large.
     """
     model_path = Path(path) / MODEL_FILE
     if not model_path.is_file():
         raise ModelDirError(f"{path} is not a complete model dir: {MODEL_FILE} is missing. Retrain.")
+    _check_archive(model_path, MAX_MODEL_BYTES, {"config.json": MAX_MODEL_CONFIG_BYTES, "metadata.json": MAX_INFO_BYTES})
     return model_path
 
 
@@ -320,6 +372,9 @@ def load_model_dir(path: Path) -> LoadedModel:
     info = read_model_info(path)
     model_path = model_file(path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from facecls.detect import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     import keras
 
     try:
@@ -383,10 +438,18 @@ def read_open_set(path: Path) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     try:
+        _check_archive(file, MAX_OPEN_SET_BYTES, fix="Recalibrate the model dir (facecls run does it after training).")
         with np.load(file, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError) as error:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError) as error:
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise ModelDirError(
             f"{file} cannot be read ({reason}). Recalibrate the model dir: facecls calibrate {path}"
         ) from None
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biufU":
+            raise ModelDirError(
+                f"{file}: array {name} must hold numbers or text. Received dtype {array.dtype}. "
+                "Recalibrate the model dir (facecls run does it after training)."
+            )
+    return arrays

@@ -147,6 +147,9 @@ class OpenSetModel:
         missing = [name for name in _ARRAYS if name not in arrays]
         if missing:
             raise ModelDirError(f"{source}: missing arrays {', '.join(missing)}. {fix}")
+        if np.asarray(arrays["labels"]).ndim != 1:
+            raise ModelDirError(f"{source}: labels must be a list of names. Received an array of shape "
+                                f"{np.shape(arrays['labels'])}. {fix}")
         stored = tuple(str(label) for label in arrays["labels"].tolist())
         if stored != tuple(labels):
             raise ModelDirError(
@@ -444,8 +447,15 @@ def load_open_set(model_dir: Path, labels: Sequence[str]) -> OpenSetModel | None
     arrays = modeldir.read_open_set(model_dir)
     if arrays is None:
         return None
+    from facecls.identity import EMBEDDING_SIZE
+
     source = f"{model_dir}/{modeldir.OPEN_SET_FILE}"
     model = OpenSetModel.from_arrays(arrays, labels, source)
+    if model.references.shape[1] != EMBEDDING_SIZE:
+        raise ModelDirError(
+            f"{source}: references must have {EMBEDDING_SIZE} columns, one per identity-descriptor value. "
+            f"Received: {model.references.shape[1]}. Recalibrate it: facecls calibrate {model_dir}"
+        )
     recorded = modeldir.read_model_info(model_dir).open_set_format
     if recorded != OPEN_SET_FORMAT:
         raise ModelDirError(

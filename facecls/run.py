@@ -42,6 +42,7 @@ from facecls.config import (
 )
 from facecls.errors import FaceclsError
 from facecls.manifest import output_lock, read_json, sha256_file, write_json
+from facecls.paths import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def run(scrape: Path, run_dir: Path, settings: RunSettings = RunSettings(), mode
     started = time.perf_counter()
     scrape, run_dir = Path(scrape), Path(run_dir)
     model_dir = Path(model_dir) if model_dir else run_dir / "model"
-    preflight(scrape, settings, model_dir)
+    preflight(scrape, settings, model_dir, run_dir)
     with output_lock(run_dir):
         return _run_locked(scrape, run_dir, settings, model_dir, workers, started)
 
@@ -188,10 +189,11 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     return result
 
 
-def preflight(scrape: Path, settings: RunSettings, model_dir: Path) -> None:
+def preflight(scrape: Path, settings: RunSettings, model_dir: Path, run_dir: Path) -> None:
     """Check, before any heavy work and before the run folder exists, what a run needs.
 
-    ``model_dir`` may be replaced, the base weights can be had (``check_weights``), and the
+    ``run_dir`` and ``model_dir`` are usable folders outside the scrape (a run folder inside it
+    would be ingested as a person), ``model_dir`` may be replaced, the base weights can be had (``check_weights``), and the
     scrape is laid out as ``<scrape>/<person>/<photos>`` with at least two people, each with
     as many files as the split needs (once ingested, as many usable photos).
 
@@ -201,6 +203,8 @@ def preflight(scrape: Path, settings: RunSettings, model_dir: Path) -> None:
     from facecls.curate import check_enough_photos
     from facecls.ingest import check_scrape_layout, list_scrape
 
+    check_output_folder(Path(run_dir), [Path(scrape)])
+    check_output_folder(Path(model_dir), [Path(scrape)], "--model-dir")
     modeldir.check_replaceable(Path(model_dir))
     check_weights(settings.train)
     files = list_scrape(Path(scrape))

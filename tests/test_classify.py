@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -320,9 +321,15 @@ def test_a_model_file_that_cannot_be_loaded_fails_with_one_line_in_either_mode(m
     shutil.copytree(model[0], broken)
     (broken / "model.keras").write_bytes((broken / "model.keras").read_bytes()[:5000])
     photos = small_set(tmp_path / "in")
-    with pytest.raises(ModelDirError, match="model.keras cannot be loaded") as caught:
-        Classifier(broken)
-    assert "\n" not in str(caught.value)
+    for workers in (1, 2):  # a truncated archive is refused up front, before any worker starts
+        with pytest.raises(ModelDirError, match="model.keras cannot be loaded") as caught:
+            Classifier(broken, workers=workers)
+        assert "\n" not in str(caught.value)
+    with zipfile.ZipFile(model[0] / "model.keras") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(broken / "model.keras", "w") as archive:  # a whole archive Keras cannot read
+        for name, data in members.items():
+            archive.writestr(name, b"{not json" if name == "config.json" else data)
     with Classifier(broken, workers=2) as parallel:  # the workers load it: the first photos report it
         with pytest.raises(ModelDirError, match="model.keras cannot be loaded") as caught:
             list(parallel.classify_paths(photos.values()))

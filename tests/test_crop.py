@@ -515,4 +515,4 @@ def test_crop_stage_with_no_usable_photo_fails_before_detecting(tmp_path):
         "a/x.jpg,a,00,,0,0,unreadable,broken,,,,\n"
     )
     with pytest.raises(FaceclsError, match="lists no usable photo"):
-        crop(tmp_path, manifest, tmp_path / "crop")
+        crop(tmp_path / "scrape", manifest, tmp_path / "crop")  # the crop folder lies outside the scrape

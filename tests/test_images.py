@@ -251,3 +251,26 @@ def test_encode_then_decode_round_trips(tmp_path):
     with pytest.raises(ValueError, match="jpg or png"):
         images.encode_image(pixels, "gif")
     assert io.BytesIO(images.encode_image(pixels, "jpg")).read(3) == b"\xff\xd8\xff"
+
+
+def test_heic_named_jpg_decodes_like_a_jpeg_with_the_same_exif_orientation(tmp_path):
+    """Real HEIC files, made with pillow-heif as a phone's would be, oriented by their EXIF."""
+    rows, columns = np.mgrid[0:48, 0:64]
+    picture = Image.fromarray(np.stack([rows * 5, columns * 4, (rows + columns) * 2], axis=2).astype(np.uint8))
+    for orientation in (1, 3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        heic, jpeg = tmp_path / f"phone-{orientation}.jpg", tmp_path / f"reference-{orientation}.jpeg"
+        picture.save(heic, format="HEIF", quality=95, exif=exif.tobytes())
+        picture.save(jpeg, format="JPEG", quality=95, exif=exif.tobytes())
+        assert heic.read_bytes()[4:12] == b"ftypheic"
+        decoded, expected = decode_image(heic), decode_image(jpeg)
+        assert decoded.format == "HEIF" and decoded.pixels.shape == expected.pixels.shape, orientation
+        assert (decoded.width, decoded.height) == ((48, 64) if orientation in (6, 8) else (64, 48))
+        assert np.abs(decoded.pixels.astype(int) - expected.pixels).mean() < 6, orientation
+        info = read_info(heic)
+        assert (info.width, info.height) == (decoded.width, decoded.height)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(heic.read_bytes()[:300])
+    with pytest.raises(ImageDecodeError, match="HEIC/HEIF"):
+        decode_image(cut)

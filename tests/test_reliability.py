@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import zipfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from celebrity_crops import CELEBRITIES, SHARED, WEIGHTS_035_H5
-from corpus import SPECIAL_CASES, build_corpus, restore_permissions
+from corpus import SPECIAL_CASES, build_corpus, restore_permissions, tree_state
 from facecls import classify as classify_module
 from facecls import ingest as ingest_module
 from facecls.cli import main
@@ -33,24 +32,6 @@ from facecls.ingest import ingest
 
 AS_ROOT = os.geteuid() == 0
 HARD = SHARED / "data" / "hard-cases"
-
-
-def tree_state(folder: Path) -> dict[str, tuple]:
-    """Every entry under ``folder`` without following links: type, mtime, and content or target."""
-    state = {}
-    for root, folders, names in os.walk(folder, followlinks=False):
-        for name in folders + names:
-            path = os.path.join(root, name)
-            info = os.lstat(path)
-            if stat.S_ISLNK(info.st_mode):
-                content = os.readlink(path)
-            elif stat.S_ISREG(info.st_mode):
-                with open(path, "rb") as file:  # root reads the chmod-000 file too
-                    content = hashlib.sha256(file.read()).hexdigest()
-            else:
-                content = ""
-            state[os.path.relpath(path, folder)] = (stat.S_IFMT(info.st_mode), info.st_mtime_ns, info.st_mode, content)
-    return state
 
 
 def expected_ingest_status(case) -> set[str]:
@@ -567,3 +548,144 @@ def test_taking_a_lock_clears_only_our_temporary_files_and_never_follows_links(t
     assert theirs.read_bytes() == b"keep" and linked.read_bytes() == b"not under out"
     assert (out / "done.txt").read_bytes() == b"whole"
     assert sorted(path.name for path in out.iterdir()) == [".download.partial", ".facecls.lock", "crop", "done.txt", "link"]
+
+
+# ---------------------------------------------------------------- --out of every command
+
+
+def out_check_cases(tmp_path: Path) -> list[tuple[str, list[str], str]]:
+    """(what, argv, expected part of the error) for every command and every refused --out."""
+    scrape = tmp_path / "scrape"
+    for person in ("ann", "bob"):
+        (scrape / person).mkdir(parents=True)
+        shutil.copy2(HARD / "no_face" / "rocket.jpg", scrape / person / "a.jpg")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    model = tmp_path / "model"  # never read: the --out check comes first
+    model.mkdir()
+    weights = ["--weights", str(WEIGHTS_035_H5)]
+    outs = {
+        "an existing file": (a_file, "is a file"),
+        "under a file": (a_file / "out", "which is a file"),
+        "the scrape": (scrape, "the input folder"),
+        "inside the scrape": (scrape / "ann" / "run", "lies inside the input folder"),
+    }
+    cases = []
+    for what, (out, expected) in outs.items():
+        commands = {
+            "ingest": ["ingest", str(scrape), "--out", str(out)],
+            "crop": ["crop", str(scrape), "--out", str(out), "--ingest-manifest", str(a_file)],
+            "run": ["run", str(scrape), "--out", str(out), *weights],
+            "run --model-dir": ["run", str(scrape), "--out", str(tmp_path / "run"), "--model-dir", str(out), *weights],
+            "classify": ["classify", str(model), str(scrape), "--out", str(out)],
+            "evaluate": ["evaluate", str(model), str(scrape), "--out", str(out)],
+        }
+        if what in ("an existing file", "under a file"):
+            commands["demo"] = ["demo", "--out", str(out), *weights]
+            commands["report"] = ["report", str(out)]
+        else:
+            commands["export"] = ["export", str(scrape), "--out", str(out)]  # a "model dir" that holds the out
+        cases += [(f"{command}: {what}", argv, expected) for command, argv in commands.items()]
+    return cases
+
+
+def test_every_command_refuses_an_unusable_out_in_one_line_and_leaves_nothing(tmp_path, capsys):
+    if not SHARED.is_dir():
+        pytest.skip(f"shared photos and weights not found at {SHARED}")
+    cases = out_check_cases(tmp_path)
+    before = tree_state(tmp_path)
+    for what, argv, expected in cases:
+        error = one_line_error(capsys, argv)
+        if argv[0] != "report":  # report names no --out: its folder is not a folder
+            assert expected in error, (what, error)
+        assert tree_state(tmp_path) == before, what  # no folder, lock or manifest left behind
+    assert len(cases) >= 28
+
+
+# ---------------------------------------------------------------- every field of a model dir, checked up front
+
+
+def write_info_text(folder: Path, text: str) -> None:
+    (folder / "facecls.json").write_text(text)
+
+
+def edit_open_set(folder: Path, change) -> None:
+    import numpy as np
+
+    with np.load(folder / "openset.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    change(arrays)
+    with open(folder / "openset.npz", "wb") as file:
+        np.savez(file, **arrays)
+
+
+def pad_model_config(folder: Path, size: int) -> None:
+    with zipfile.ZipFile(folder / "model.keras") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    config["padding"] = " " * size
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(folder / "model.keras", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def set_label(folder: Path, label: str) -> None:
+    edit_info(folder, lambda info: info["labels"].__setitem__(0, label))
+
+
+MODEL_DIR_TAMPERING = [
+    (lambda folder: write_info_text(folder, "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    (lambda folder: edit_info(folder, lambda info: info.update(versions={"padding": "x" * (2 << 20)})), "larger than"),
+    (lambda folder: edit_info(folder, lambda info: info.update(train_settings=None)), "train_settings must be a JSON object"),
+    (lambda folder: edit_info(folder, lambda info: info.update(train_settings=[1, 2])), "train_settings must be a JSON object"),
+    (lambda folder: edit_info(folder, lambda info: info["train_settings"].update(batch_size=32.5)), "batch_size must be an integer"),
+    (lambda folder: edit_info(folder, lambda info: info.update(image_size=float(info["image_size"]))), "image_size must be an integer"),
+    (lambda folder: edit_info(folder, lambda info: info["detect_settings"].update(min_confidence="0.9")), "min_confidence must be a number"),
+    (lambda folder: edit_info(folder, lambda info: info["crop_settings"].update(align="yes")), "align must be true or false"),
+    (lambda folder: edit_info(folder, lambda info: info.update(format_version=True)), "format_version must be"),
+    (lambda folder: edit_info(folder, lambda info: info.update(unknown_threshold="0.5")), "unknown_threshold must be"),
+    (lambda folder: set_label(folder, "../x"), "holds a path separator"),
+    (lambda folder: set_label(folder, "/etc"), "holds a path separator"),
+    (lambda folder: set_label(folder, ".."), "starts with a dot"),
+    (lambda folder: set_label(folder, ".facecls.lock"), "starts with a dot"),
+    (lambda folder: set_label(folder, "unknown"), "is reserved"),
+    (lambda folder: set_label(folder, "no_face"), "is reserved"),
+    (lambda folder: set_label(folder, "line\rbreak"), "control character"),
+    (lambda folder: set_label(folder, "x" * 230), "bytes long"),
+    (lambda folder: edit_open_set(folder, lambda arrays: arrays.update(labels=arrays["labels"][0])), "labels must be a list"),
+    (lambda folder: edit_open_set(folder, lambda arrays: arrays.update(class_means=arrays["class_means"][:, :3])), "must have 128 columns"),
+    (lambda folder: (folder / "openset.npz").write_bytes(b"PK\x03\x04 not really"), "openset.npz cannot be"),
+    (lambda folder: pad_model_config(folder, 20 << 20), "config.json is"),
+]
+
+
+@pytest.mark.parametrize("tamper, expected", MODEL_DIR_TAMPERING)
+def test_every_model_dir_field_is_checked_before_any_network_loads(model, tmp_path, capsys, tamper, expected):
+    folder = copied_model_dir(model, tmp_path)
+    tamper(folder)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy2(HARD / "no_face" / "rocket.jpg", photos)
+    error = one_line_error(capsys, ["classify", str(folder), str(photos), "--out", str(tmp_path / "out"), "--workers", "2"])
+    assert expected in error and str(folder) in error, error
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_quiet_silences_the_libraries_warnings(tmp_path, recwarn):
+    from corpus import exif_past_end_jpeg
+
+    scrape = tmp_path / "scrape"
+    for person in ("ann", "bob"):
+        (scrape / person).mkdir(parents=True)
+        (scrape / person / "odd_exif.jpg").write_bytes(exif_past_end_jpeg(seed=len(person) + ord(person[0])))
+
+    def pillow_warnings() -> list[str]:
+        return [str(warning.message) for warning in recwarn if "Tag data larger than file" in str(warning.message)]
+
+    assert main(["ingest", str(scrape), "--out", str(tmp_path / "loud")]) == 0
+    assert pillow_warnings()
+    recwarn.clear()
+    assert main(["--quiet", "ingest", str(scrape), "--out", str(tmp_path / "quiet")]) == 0
+    assert pillow_warnings() == []
+    assert os.environ.get("PYTHONWARNINGS") != "ignore"  # only for that command and its worker processes
