@@ -114,8 +114,8 @@ def test_a_file_deleted_between_listing_and_decoding_is_unreadable_in_ingest(hos
     victim = scrape / "alice" / "cmyk.jpg"
     real = ingest_module.sha256_file
 
-    def hash_then_delete(path):
-        digest = real(path)
+    def hash_then_delete(path, *limits):
+        digest = real(path, *limits)
         if Path(path) == victim:
             victim.unlink()  # gone after it was listed and hashed, before it is decoded
         return digest
@@ -187,8 +187,8 @@ def test_a_file_deleted_mid_classify_is_unreadable_and_never_sorted(model, tmp_p
     victim = sorted(photos.iterdir())[1]
     real = classify_module._sha256_or_empty
 
-    def hash_then_delete(path):
-        digest = real(path)
+    def hash_then_delete(path, *limits):
+        digest = real(path, *limits)
         if path == str(victim):
             victim.unlink()  # listed and hashed, gone before it is decoded
         return digest
@@ -654,7 +654,7 @@ MODEL_DIR_TAMPERING = [
     (lambda folder: set_label(folder, "line\rbreak"), "control character"),
     (lambda folder: set_label(folder, "x" * 230), "bytes long"),
     (lambda folder: edit_open_set(folder, lambda arrays: arrays.update(labels=arrays["labels"][0])), "labels must be a list"),
-    (lambda folder: edit_open_set(folder, lambda arrays: arrays.update(class_means=arrays["class_means"][:, :3])), "must have 128 columns"),
+    (lambda folder: edit_open_set(folder, lambda arrays: arrays.update(references=arrays["references"][:, :3])), "must have 128 columns"),
     (lambda folder: (folder / "openset.npz").write_bytes(b"PK\x03\x04 not really"), "openset.npz cannot be"),
     (lambda folder: pad_model_config(folder, 20 << 20), "config.json is"),
 ]
