@@ -235,20 +235,33 @@ def prediction_schema(labels: Sequence[str]):
     )
 
 
+def model_dir_files(model_dir: Path) -> dict[str, bytes]:
+    """The files of a model dir, to ship to actors on nodes that cannot read its path."""
+    return {path.name: path.read_bytes() for path in sorted(Path(model_dir).iterdir()) if path.is_file()}
+
+
 class PhotoClassifier:
     """Ray Data callable class: a batch of photos (``uri``, ``bytes``) in, their prediction rows out.
 
-    Loads the model dir once per actor, with TensorFlow's thread pools limited to the actor's CPU.
+    Loads the model dir once per actor (from ``model_dir_files``, shipped through the object
+    store, so nodes need no shared folder), with TensorFlow's thread pools limited to the actor's CPU.
     """
 
-    def __init__(self, model_dir: str, unknown_threshold: float | None, batch_size: int):
+    def __init__(self, model_files, unknown_threshold: float | None, batch_size: int):
+        import tempfile
+
+        import ray
+
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from facecls.crop import _import_tensorflow_quietly
         from facecls.detect import limit_tensorflow_threads
 
         _import_tensorflow_quietly()
         limit_tensorflow_threads(ACTOR_CPUS)
-        self.classifier = Classifier(Path(model_dir), unknown_threshold, workers=1, batch_size=batch_size)
+        self._model_dir = tempfile.TemporaryDirectory(prefix="facecls-model-")  # removed with the actor
+        for name, content in ray.get(model_files).items():
+            Path(self._model_dir.name, name).write_bytes(content)
+        self.classifier = Classifier(Path(self._model_dir.name), unknown_threshold, workers=1, batch_size=batch_size)
         self.schema = prediction_schema(self.classifier.labels)
 
     def __call__(self, batch: dict) -> Any:
@@ -368,7 +381,7 @@ def classify_on_ray(
     fingerprint and the counts. A rerun skips photos whose rows are complete.
 
     Args:
-        model_dir: a model dir written by the train stage; the actors read it from the same path.
+        model_dir: a model dir written by the train stage (its files are shipped to the actors).
         inputs: local files and folders, object-store URIs (files or prefixes), Parquet/CSV lists.
         out_dir: local output folder.
         unknown_threshold: overrides the model dir's threshold.
@@ -551,7 +564,7 @@ def _run_pipeline(ray, groups, model_dir: Path, classifier: Classifier, recheck:
     dataset = dataset.map_batches(
         PhotoClassifier,
         fn_constructor_kwargs={
-            "model_dir": str(Path(model_dir).resolve()),
+            "model_files": ray.put(model_dir_files(model_dir)),
             "unknown_threshold": classifier.unknown_threshold,
             "batch_size": classifier.batch_size,
         },
