@@ -66,6 +66,8 @@ def photo_inputs(model, tmp_path_factory):
         part = ("folder", "folder", "csv", "parquet")[number % 4]
         shutil.copy2(photo, root / part / f"{number:02d}-{photo.name}")
     (root / "folder" / "page.jpg").write_bytes(b"<!doctype html><html><body>not a photo</body></html>")
+    os.mkfifo(root / "folder" / "pipe.jpg")  # would block a read task: the driver writes its row
+    (root / "folder" / "gone.jpg").symlink_to(root / "nowhere.jpg")
     csv_photos = sorted((root / "csv").iterdir())
     with open(root / "csv" / "photos.csv", "w", newline="") as file:
         csv.writer(file).writerows([["uri"], *[[photo.name] for photo in csv_photos]])
@@ -79,7 +81,7 @@ def photo_inputs(model, tmp_path_factory):
 def local_rows(model, photo_inputs, tmp_path_factory):
     """predictions.csv rows of the local engine on the same photos (the lists themselves left out)."""
     root, _ = photo_inputs
-    files = [path for path in sorted(root.rglob("*")) if path.is_file() and path.suffix not in (".csv", ".parquet")]
+    files = [path for path in sorted(root.rglob("*")) if path.suffix not in (".csv", ".parquet") and not path.is_dir()]
     out = tmp_path_factory.mktemp("ray-local") / "out"
     assert main(["--quiet", "classify", str(model), *map(str, files), "--out", str(out), "--sort", "none", "--workers", "1"]) == 0
     with open(out / "predictions.csv", newline="") as file:
@@ -155,10 +157,10 @@ def test_driver_killed_then_rerun_gives_the_local_rows_once_on_both_nodes(model,
     assert len(set(as_lines(rows))) == len(rows)  # no duplicate row
     assert sorted(as_lines(rows)) == sorted(as_lines(expected))  # none missing, the local engine's rows
     statuses = Counter(row["status"] for row in expected if row["face"] in ("", "0"))
-    assert statuses["no_face"] >= 1 and statuses["unreadable"] == 2 and max(int(row["faces"]) for row in expected) >= 2
+    assert statuses["no_face"] >= 1 and statuses["unreadable"] == 4 and max(int(row["faces"]) for row in expected) >= 2
     written = json.loads((out / "classify.json").read_text())
     assert written["fingerprint"] == local_summary["fingerprint"] and written["state"] == "finished"
-    assert (written["photos"], written["unreadable"], written["no_face"]) == (photos, 2, statuses["no_face"])
+    assert (written["photos"], written["unreadable"], written["no_face"]) == (photos, 4, statuses["no_face"])
     assert len(actor_nodes() - nodes_before) == 2  # the rerun's two actors, one on each node
 
 
@@ -219,3 +221,18 @@ def test_sorting_annotating_and_bad_actor_counts_are_refused_in_one_line(tmp_pat
         assert main(base + extra) == 1
         message = capsys.readouterr().err.strip()
         assert len(message.splitlines()) == 1 and words in message, message
+
+
+def test_photo_lists_are_checked_before_any_work(tmp_path):
+    from facecls.errors import FaceclsError
+    from facecls.ray_engine import list_photos
+
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "list.csv").write_text("uri,sha256\na.jpg,\na.jpg,\n" + str(tmp_path / "a.jpg") + ",\n")
+    groups, not_regular = list_photos([str(tmp_path / "list.csv")])
+    assert [source.uri for group in groups for source in group.sources] == [str(tmp_path / "a.jpg")] and not not_regular
+    (tmp_path / "bad.csv").write_text("path\na.jpg\n")
+    for inputs, words in (([str(tmp_path / "bad.csv")], "needs a 'uri' column"), ([str(tmp_path / "none")], "Input not found")):
+        with pytest.raises(FaceclsError, match=words) as raised:
+            list_photos(inputs)
+        assert "\n" not in str(raised.value)
