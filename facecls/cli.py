@@ -296,6 +296,9 @@ def command_classify(args) -> int:
         return _classify_on_ray(args)
     if args.address is not None or args.actors is not None:
         raise FaceclsError("--address and --actors choose the Ray cluster: add --engine ray, or drop them.")
+    uris = [path for path in args.paths if "://" in path]
+    if uris:
+        raise FaceclsError(f"{uris[0]}: object-store URIs are read by the Ray engine only. Add --engine ray, or pass local paths.")
     result = classify(
         Path(args.model_dir),
         [Path(path) for path in args.paths],

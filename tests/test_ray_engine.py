@@ -221,6 +221,8 @@ def test_sorting_annotating_and_bad_actor_counts_are_refused_in_one_line(tmp_pat
         assert main(base + extra) == 1
         message = capsys.readouterr().err.strip()
         assert len(message.splitlines()) == 1 and words in message, message
+    assert main(["classify", str(tmp_path), "s3://bucket/photos", "--out", str(tmp_path / "out")]) == 1
+    assert "read by the Ray engine only" in capsys.readouterr().err
 
 
 def test_photo_lists_are_checked_before_any_work(tmp_path):
