@@ -31,14 +31,15 @@ DEFAULT_SESSIONS = Path("/tmp/ray")
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """Process ids whose command line contains ``text``."""
+    """Other processes whose command line or environment contains ``text`` (Ray's workers rename
+    themselves, but keep the RAY_TMPDIR they were started with)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                if text.encode() in file.read():
+            with open(f"/proc/{entry}/cmdline", "rb") as command, open(f"/proc/{entry}/environ", "rb") as environment:
+                if text.encode() in command.read() or text.encode() in environment.read():
                     found.append(int(entry))
         except OSError:
             continue
@@ -63,15 +64,17 @@ def ray_cluster():
     sessions = os.path.join(temp_dir, "ray")  # where Ray puts them under RAY_TMPDIR
     saved = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "temp_dir": sessions, "include_dashboard": False})
+    cluster = None
     try:
+        cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "temp_dir": sessions, "include_dashboard": False})
         cluster.add_node(**NODE_ARGS)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
         yield cluster.address
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         deadline = time.monotonic() + 60
         while processes_mentioning(temp_dir) and time.monotonic() < deadline:
             time.sleep(0.5)
