@@ -384,6 +384,26 @@ class Classifier:
         for outputs in self.cropper.faces_in_files(paths):
             yield self._prediction(outputs)
 
+    def classify_bytes(self, photos: Sequence[tuple[str, bytes]]) -> list[list[dict]]:
+        """The predictions.csv rows of each (path, content) pair: the rows ``classify`` writes for a
+        file at that path holding that content.
+
+        The contents go through ``classify_paths`` itself (each is written to a private temporary
+        file: the decoder reads files, by content), so remote photos (the Ray engine) are decoded,
+        detected, cropped and classified exactly as local ones.
+        """
+        with tempfile.TemporaryDirectory(prefix="facecls-photos-") as folder:
+            names = []
+            for number, (_, content) in enumerate(photos):
+                names.append(os.path.join(folder, str(number)))
+                with open(names[-1], "wb") as file:
+                    file.write(content)
+            predictions = list(self.classify_paths(names))
+        return [
+            prediction_rows(dataclasses.replace(photo, path=path), hashlib.sha256(content).hexdigest(), self.labels)
+            for photo, (path, content) in zip(predictions, photos)
+        ]
+
 
 # ---------------------------------------------------------------- the batch stage
 

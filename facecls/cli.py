@@ -321,11 +321,18 @@ def _run_summary(args, result, extra: dict | None = None) -> None:
 def command_classify(args) -> int:
     from facecls.classify import classify
 
+    if args.engine == "ray":
+        return _classify_on_ray(args)
+    if args.address is not None or args.actors is not None:
+        raise FaceclsError("--address and --actors choose the Ray cluster: add --engine ray, or drop them.")
+    uris = [path for path in args.paths if "://" in path]
+    if uris:
+        raise FaceclsError(f"{uris[0]}: object-store URIs are read by the Ray engine only. Add --engine ray, or pass local paths.")
     result = classify(
         Path(args.model_dir),
         [Path(path) for path in args.paths],
         Path(args.out),
-        sort=args.sort,
+        sort=args.sort or "copy",
         annotate=args.annotate,
         unknown_threshold=args.unknown_threshold,
         workers=args.workers,
@@ -345,6 +352,34 @@ def command_classify(args) -> int:
         + (f"kept in place: {len(result.kept_sources)} (see kept_sources in classify.json)\n" if result.kept_sources else "")
         + f"report: {result.out_dir / REPORT_NAME}",
         {**dataclasses.asdict(result), "report": result.out_dir / REPORT_NAME},
+    )
+    return 0
+
+
+def _classify_on_ray(args) -> int:
+    local_only = [name for name, value in (("--sort", args.sort), ("--annotate", args.annotate), ("--workers", args.workers)) if value]
+    if local_only:
+        raise FaceclsError(
+            f"{', '.join(local_only)}: local-only (the Ray engine writes predictions only). Received with --engine ray; "
+            "drop them, or sort with the local engine."
+        )
+    from facecls.ray_engine import classify_on_ray, parse_actors
+
+    result = classify_on_ray(
+        Path(args.model_dir),
+        args.paths,
+        Path(args.out),
+        unknown_threshold=args.unknown_threshold,
+        address=args.address,
+        actors=parse_actors(args.actors) if args.actors is not None else None,
+    )
+    people = ", ".join(f"{label} {count}" for label, count in result.label_counts.items()) or "none"
+    _summary(
+        args,
+        f"classify (ray): {result.photos} photos ({result.classified} classified now, {result.skipped} already done, "
+        f"{result.photos_per_second:.1f} photos/s), {result.faces} faces: {people}; "
+        f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}",
+        dataclasses.asdict(result),
     )
     return 0
 
@@ -507,14 +542,18 @@ def build_parser() -> argparse.ArgumentParser:
         "files stay where they are). Rerunning skips photos already in OUT.",
     )
     classify.add_argument("model_dir", help="a model dir written by facecls train or run")
-    classify.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders")
+    classify.add_argument(
+        "paths", nargs="+", metavar="PATH",
+        help="photo files or folders; with --engine ray also s3://... (any pyarrow filesystem) and Parquet/CSV lists "
+        "with a uri column",
+    )  # fmt: skip
     classify.add_argument("--out", required=True, help="folder for predictions and sorted photos")
     classify.add_argument(
         "--sort",
         choices=("copy", "link", "move", "none"),
-        default="copy",
+        default=None,
         help="how photos go into OUT/<label>/: copy, link (hard link; symbolic link across file systems), "
-        "move (the source is removed once its copies and rows are safe) or none (default %(default)s)",
+        "move (the source is removed once its copies and rows are safe) or none (default copy; local engine only)",
     )
     classify.add_argument("--annotate", action="store_true", help="also write copies with boxes and labels to OUT/annotated/")
     classify.add_argument(
@@ -526,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
         "unknown without it)",
     )
     classify.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
+    classify.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local worker processes (default), or Ray Data on a Ray cluster: rows as Parquet in OUT/predictions/ "
+        '(needs pip install "facecls[ray]")',
+    )  # fmt: skip
+    classify.add_argument("--address", default=None, help="with --engine ray: the cluster (auto, HOST:PORT, ray://HOST:PORT)")
+    classify.add_argument("--actors", default=None, metavar="N|MIN,MAX", help="with --engine ray: actors, one CPU each (default 1 to all CPUs)")
     classify.set_defaults(handler=command_classify)
 
     export = commands.add_parser(
