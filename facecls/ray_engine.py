@@ -34,6 +34,7 @@ from facecls.classify import (
 )  # fmt: skip
 from facecls.classify import _Counts as classify_counts
 from facecls.errors import FaceclsError, ImageDecodeError
+from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
 from facecls.manifest import atomic_write_bytes, output_lock, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -446,7 +447,8 @@ def classify_on_ray(
             for source in group.sources:
                 sha256 = source.sha256
                 if not sha256 and source.uri in done_paths and not group.prefix:
-                    sha256 = _sha256_or_empty(source.uri)  # a local file: hashed here, as the local engine does
+                    # a local file: hashed here, as the local engine does, with its size limit
+                    sha256 = _sha256_or_empty(source.uri, classifier.cropper.max_pixels * MAX_FILE_BYTES_PER_PIXEL)
                 if sha256 and (source.uri, sha256) in done:
                     skipped += 1
                     progress.update(1)
