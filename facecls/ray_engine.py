@@ -35,6 +35,7 @@ from facecls.classify import (
 from facecls.classify import _Counts as classify_counts
 from facecls.errors import FaceclsError, ImageDecodeError
 from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
+from facecls.paths import check_output_folder
 from facecls.manifest import atomic_write_bytes, output_lock, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _read_list(filesystem, path: str, shown: str) -> list[tuple[str, str]]:
     return [(uri, str(sha256 or "")) for uri, sha256 in zip(uris, hashes) if uri]
 
 
-def list_photos(inputs: Sequence[str], exclude: Path | None = None) -> tuple[list[FileSystemGroup], list[str]]:
+def list_photos(inputs: Sequence[str]) -> tuple[list[FileSystemGroup], list[str]]:
     """The photos of the inputs, grouped by filesystem; and the local files that are not regular files.
 
     A folder or prefix is listed recursively (local folders as the local engine lists them);
@@ -186,7 +187,7 @@ def list_photos(inputs: Sequence[str], exclude: Path | None = None) -> tuple[lis
                 for uri, sha256 in _read_list(filesystem, path, item):
                     add(uri if _is_uri(uri) else os.path.join(folder, uri), sha256)
             else:
-                for photo in iter_input_files([Path(path)], exclude=exclude):
+                for photo in iter_input_files([Path(path)]):
                     add(photo)
             continue
         info = filesystem.get_file_info(path)
@@ -254,10 +255,9 @@ class PhotoClassifier:
         import ray
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from facecls.crop import _import_tensorflow_quietly
-        from facecls.detect import limit_tensorflow_threads
+        from facecls.detect import import_tensorflow_quietly, limit_tensorflow_threads
 
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
         limit_tensorflow_threads(ACTOR_CPUS)
         self._model_dir = tempfile.TemporaryDirectory(prefix="facecls-model-")  # removed with the actor
         for name, content in ray.get(model_files).items():
@@ -398,6 +398,8 @@ def classify_on_ray(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     inputs = [str(item) for item in inputs]
+    # Outputs inside an input folder would be read back as photos on the next run.
+    check_output_folder(out_dir, [Path(item) for item in inputs if not _is_uri(item)])
     with output_lock(out_dir):
         # More than one worker: this process only checks the model dir; the actors load it.
         classifier = Classifier(Path(model_dir), unknown_threshold, workers=2)
@@ -410,7 +412,7 @@ def classify_on_ray(
                     f"{out_dir} holds predictions of another model or threshold ({previous.get('model_dir')}). "
                     "Choose another --out folder, or delete it to start over."
                 )
-        groups, not_regular = list_photos(inputs, exclude=out_dir)
+        groups, not_regular = list_photos(inputs)
         folder = out_dir / PREDICTIONS_FOLDER
         folder.mkdir(exist_ok=True)
         done, old_rows = _read_outputs(folder, labels)
