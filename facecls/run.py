@@ -4,6 +4,7 @@ Run folder layout::
 
     <run>/ingest.csv, ingest.json      every file of the scrape, with a status
     <run>/crop/                        face crops, photos.csv, crops.csv, others.csv, sheets/
+    <run>/crop/corrections.csv         yours, optional: the face to train on per photo, or none
     <run>/curate/                      splits.csv, curate.json
     <run>/model/                       the model dir (everything classify needs)
     <run>/evaluation/                  metrics.json and plots on the test split
@@ -64,6 +65,7 @@ class RunResult:
     test_accuracy_interval: tuple[float, float] | None
     trained: bool  # False when an earlier identical training was reused
     seconds: float
+    warnings: tuple[str, ...] = ()  # people whose photos do not agree enough (facecls.faces)
 
 
 def _training_fingerprint(splits_manifest: Path, settings: RunSettings) -> str:
@@ -143,6 +145,7 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         test_accuracy_interval=tuple(evaluation["accuracy_interval"]) if evaluation else None,
         trained=trained,
         seconds=time.perf_counter() - started,
+        warnings=cropped.warnings,
     )
     write_json(
         run_dir / RUN_SUMMARY,
@@ -154,6 +157,7 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
             "faces": result.faces,
             "ingest_counts": ingested.counts,
             "crop_counts": cropped.counts,
+            "warnings": list(cropped.warnings),
             "crops_per_person_and_split": curated.counts,
             "test_accuracy": result.test_accuracy,
             "test_accuracy_interval": result.test_accuracy_interval,
