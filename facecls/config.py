@@ -105,9 +105,13 @@ class CropSettings:
     # Distance (dlib's 128-d identity space) from a face to the consensus of the person's other photos
     # under which it agrees. dlib separates people at 0.6 between two faces; a centre of many faces is
     # nearer its own people. In scraped-celebs-6 and 5-celebrity-faces, 95% of the photos' own faces were
-    # within 0.47, sunglasses and profiles at 0.50-0.58; bystanders 0.64-0.90, a shirt and blurred
-    # background faces 0.52-0.74, the lying-down face aligned onto its nose 0.77.
+    # within 0.47, sunglasses, profiles and blur at 0.51-0.56; other people's faces (bystanders, 29
+    # planted intruders) 0.58-0.96; a shirt at 0.52, blurred background faces 0.6-0.74, the lying-down
+    # face aligned onto its nose 0.77. Confidence is the second signal: a face MTCNN is sure of
+    # (facecls.faces.SURE_CONFIDENCE) agrees under sure_agree_distance. The shirt and chest scored
+    # 0.90-0.92; the real faces at 0.51-0.56, 0.995-1.0.
     agree_distance: float = 0.5
+    sure_agree_distance: float = 0.55
     # The faces of a photo that are not the person's calibrate "unknown" (others/) only from this
     # confidence up: the two at 0.90-0.92 in scraped-celebs-6 were a shirt and a chest, real bystanders
     # scored 0.947-1.0. Fewer negatives cost little; a shirt among them teaches the wrong thing.
@@ -121,6 +125,7 @@ class CropSettings:
         _check_range("image_size", self.image_size, 32, 1024)
         _check_choice("face_policy", self.face_policy, FACE_POLICIES)
         _check_range("agree_distance", self.agree_distance, 0.0, 2.0)
+        _check_range("sure_agree_distance", self.sure_agree_distance, 0.0, 2.0)
         _check_range("other_min_confidence", self.other_min_confidence, 0.0, 1.0)
         _check_choice("crop_format", self.crop_format, ("jpg", "png"))
 

@@ -510,7 +510,7 @@ def settings_fingerprint(detect_settings: DetectSettings, crop_settings: CropSet
     data = json.loads(text)
     data["detect"].pop("batch_size", None)
     # The cache holds every candidate face; which one is trained on is decided afresh each run.
-    for name in ("face_policy", "agree_distance", "other_min_confidence"):
+    for name in ("face_policy", "agree_distance", "sure_agree_distance", "other_min_confidence"):
         data["crop"].pop(name, None)
     data["algorithm"] = CROP_ALGORITHM_VERSION
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

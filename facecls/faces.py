@@ -9,8 +9,9 @@ lets the identity network decide.
 ``person_consensus`` finds, among all the candidates of one person's photos, the identity that
 those photos share: the centre of the faces that agree with one another, one vote per duplicate
 group so near-copies of a photo do not vote for each other. Each photo's training face is then
-its candidate nearest the centre of its OTHER photos, if within ``agree_distance`` (wider when
-they are few, ``PAIR_DISTANCE``); a photo none of whose faces is that close (another person, a
+its agreeing candidate nearest the centre of its OTHER photos: within ``agree_distance``, or
+``sure_agree_distance`` for a face MTCNN is sure of (wider when the other photos are few, up to
+``PAIR_DISTANCE``); a photo none of whose faces is that close (another person, a
 shirt, a hand) is not trained on.
 """
 
@@ -33,6 +34,9 @@ CONSENSUS_ROUNDS = 10
 # bar agree_distance (for a mean of many faces) widens to agree_distance * sqrt(1 + 1/n) for few,
 # and never beyond this pairwise line. A 3-photo scrape's photo lay 0.60 from the mean of its 2 others.
 PAIR_DISTANCE = 0.6
+# A face MTCNN is this sure of agrees under CropSettings.sure_agree_distance rather than
+# agree_distance: the false detections of the shared sets (a shirt, a chest, blur) scored 0.80-0.913.
+SURE_CONFIDENCE = 0.99
 # A person with fewer agreeing photos than this gets a warning: that few is not enough to train
 # or test on (the 5-celebrity set, 14-20 training photos a person, reaches 0.88-0.93).
 MIN_AGREEING_PHOTOS = 10
@@ -107,7 +111,7 @@ class IdentityChoice:
     chosen: int | None  # detection index of the face that agrees; None when none does
     distances: tuple[float, ...]  # of each candidate (PhotoCandidates.faces order) to the consensus of the other photos
     agreeing: tuple[int, ...]  # detection indices of every candidate within agree_distance
-    threshold: float = float("nan")  # the distance under which a face agreed (it widens for few other photos)
+    threshold: float = float("nan")  # the bar of its nearest face: under it a face agrees (wider for few other photos)
 
     @property
     def nearest(self) -> float:
@@ -173,18 +177,23 @@ def person_consensus(person: str, photos: Sequence[PhotoCandidates], settings: C
         if rest > 0:
             centre = (total - (weights[own, None] * descriptors[own]).sum(axis=0)) / rest
             to_centre = np.linalg.norm(descriptors[mine] - centre, axis=1)
-            bar = min(PAIR_DISTANCE, threshold * float(np.sqrt(1.0 + 1.0 / rest)))
+            widen = float(np.sqrt(1.0 + 1.0 / rest))
+            bars = np.array([
+                min(PAIR_DISTANCE, widen * (settings.sure_agree_distance if confidence >= SURE_CONFIDENCE else threshold))
+                for confidence in photo.confidences
+            ])
         else:
-            to_centre, bar = np.full(len(mine), np.nan), float("nan")
-        agreeing = tuple(photo.faces[face] for face in range(len(mine)) if to_centre[face] < bar)
+            to_centre, bars = np.full(len(mine), np.nan), np.full(len(mine), np.nan)
+        agreeing = tuple(photo.faces[face] for face in range(len(mine)) if to_centre[face] < bars[face])
         if photo.forced is not None:
             chosen = photo.forced
         elif agreeing:
-            chosen = photo.faces[int(np.nanargmin(to_centre))]
+            chosen = min(agreeing, key=lambda index: to_centre[photo.faces.index(index)])
         else:
             chosen = None
+        nearest = int(np.nanargmin(to_centre)) if np.isfinite(to_centre).any() else 0
         choices.append(IdentityChoice(photo.path, chosen, tuple(round(float(value), 4) for value in to_centre), agreeing,
-                                      round(bar, 3)))
+                                      round(float(bars[nearest]), 3)))
     return PersonConsensus(person, tuple(choices), int(len(set(photo_of[members].tolist()))), total / weights.sum())
 
 
