@@ -17,7 +17,9 @@ from facecls.config import CropSettings, DetectSettings
 from facecls.crop import CORRECTIONS_NAME, crop, faces_in_pixels, read_corrections, read_crops_manifest
 from facecls.detect import Detection, Keypoints, Point, geometry_problem
 from facecls.errors import FaceclsError
-from facecls.faces import PAIR_DISTANCE, PhotoCandidates, filter_faces, person_consensus
+from facecls.faces import (
+    PAIR_DISTANCE, IdentityChoice, PersonConsensus, PhotoCandidates, consensus_warnings, filter_faces, person_consensus,
+)
 from facecls.ingest import ingest
 
 SCRAPED = "scraped-celebs-6"
@@ -232,3 +234,23 @@ def test_consensus_is_not_swayed_by_bystanders_or_by_near_copies_voting_for_each
     assert [choice.chosen for choice in result.choices[8:]] == [None] * 9
     assert all(choice.nearest > 0.7 for choice in result.choices[8:])
     assert result.agreeing == 8
+
+
+def test_warnings_name_a_folder_that_disagrees_or_is_another_person():
+    def consensus(person, agreeing, total, centre):
+        choices = tuple(IdentityChoice(f"{person}/{number}.jpg", 0 if number < agreeing else None, (0.3,), ())
+                        for number in range(total))
+        return PersonConsensus(person, choices, agreeing, np.asarray(centre, dtype=float))
+
+    people = [
+        consensus("ada", 40, 40, [0.0, 0.0]),
+        consensus("bea", 12, 30, [1.0, 0.0]),  # mostly not one identity
+        consensus("cleo", 6, 7, [0.0, 1.0]),  # too few photos
+        consensus("dora", 35, 36, [0.1, 0.0]),  # the same identity as ada
+    ]
+    warnings = consensus_warnings(people, {"ada": 40, "bea": 30, "cleo": 7, "dora": 36})
+    assert len(warnings) == 3
+    assert warnings[0].startswith("bea: only 12 of 30 photos with a face agree with one another")
+    assert warnings[1].startswith("cleo: only 6 photos agree with one another (of 7 with a face)")
+    assert warnings[2].startswith("ada and dora: their photos show one identity (0.10 apart")
+    assert all("\n" not in warning for warning in warnings)
