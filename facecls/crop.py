@@ -46,7 +46,7 @@ from facecls.config import CropSettings, DetectSettings, IngestSettings, setting
 from facecls.detect import Detection, FaceDetector, limit_tensorflow_threads
 from facecls.errors import FaceclsError
 from facecls.faces import (
-    CLEARLY_ANOTHER_PERSON, PhotoCandidates, candidate_confidence, consensus_warnings, filter_faces, person_consensus,
+    PAIR_DISTANCE, PhotoCandidates, candidate_confidence, consensus_warnings, filter_faces, person_consensus,
 )
 from facecls.manifest import atomic_write_bytes, field_names, output_lock, read_csv, read_json, write_csv, write_json
 
@@ -733,9 +733,11 @@ def _consensus_decision(person: str, entry: dict, choice, detect: DetectSettings
         status = "wrong_person" if confident else "low_confidence"
         if not confident:
             why = f"no face at min_confidence {detect.min_confidence}, and {why}"
+        # Other people's faces, negatives for "unknown", only when past dlib's line between two people:
+        # the person's own hard faces (sunglasses, a profile) that just missed agreeing lay at 0.51-0.56.
         others = tuple(
             index for index in candidates
-            if distance_of[index] >= CLEARLY_ANOTHER_PERSON and detections[index]["confidence"] >= settings.other_min_confidence
+            if distance_of[index] >= PAIR_DISTANCE and detections[index]["confidence"] >= settings.other_min_confidence
         )
         return FaceDecision(status, why, (), others, largest=largest, distance=None if not np.isfinite(nearest) else nearest)
     chosen = choice.chosen

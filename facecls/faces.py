@@ -25,8 +25,8 @@ import numpy as np
 from facecls.config import CropSettings, DetectSettings
 from facecls.detect import Detection, geometry_problem
 
-# Rounds of "centre = mean of the faces near it": on scraped-celebs-6 the members stopped
-# changing after 2-3 rounds for every person.
+# Rounds of "centre = mean of the faces near it" at most: on scraped-celebs-6 the members stopped
+# changing after 1-2 rounds for every person.
 CONSENSUS_ROUNDS = 10
 # dlib's own line between two faces of one person and of two (face_recognition's 0.6). A face is
 # compared with the mean of the n other photos' faces: if faces scatter around their person's
@@ -41,12 +41,9 @@ SURE_CONFIDENCE = 0.99
 # or test on (the 5-celebrity set, 14-20 training photos a person, reaches 0.88-0.93).
 MIN_AGREEING_PHOTOS = 10
 # A person whose photos agree in under this share of the photos with a face gets a warning: the
-# folder holds several people, or mostly someone else (scraped-celebs-6: 84-97% agree).
+# folder holds several people, or mostly someone else (scraped-celebs-6: 97-100% of each person's
+# photos with a face agree).
 MIN_AGREEING_SHARE = 0.5
-# The faces of a photo that no face agrees with are other people's, negatives for "unknown", only
-# this far from the consensus: dlib's own line between two faces of different people. The person's
-# own hard faces (sunglasses, profiles) that just missed agreeing lay at 0.50-0.58.
-CLEARLY_ANOTHER_PERSON = 0.6
 # Two people whose consensus centres are nearer than this are one identity: one folder is mostly
 # the other person. Centres of different people in the shared sets lie 0.54-0.88 apart (the closest:
 # jennifer_lawrence and sydney_sweeney); two halves of one person's photos, about 0.1-0.2.
