@@ -34,7 +34,7 @@ import shutil
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -724,12 +724,15 @@ def _consensus_decision(person: str, entry: dict, choice, detect: DetectSettings
     confident = [index for index in candidates if detections[index]["confidence"] >= detect.min_confidence]
     largest = _largest(entry, confident or candidates)
     distance_of = dict(zip(candidates, choice.distances))
+    if choice.chosen is None and not np.isfinite(choice.nearest):
+        # Nothing to agree with (the person's only photo, or only near-copies of it): the filter and
+        # the largest face decide, as face_policy largest does.
+        fallback = _policy_decision(entry, detect, replace(settings, face_policy="largest"), correction)
+        why = f"no other photo of {person} to compare with, so the face filter alone decided"
+        return replace(fallback, reason="; ".join(filter(None, [fallback.reason, why])))
     if choice.chosen is None:
         nearest = choice.nearest
-        if not np.isfinite(nearest):
-            why = f"no other photo of {person} to compare with"
-        else:
-            why = f"no face agrees with {person}'s other photos (nearest {nearest:.3f}, agreeing is under {choice.threshold:.3f})"
+        why = f"no face agrees with {person}'s other photos (nearest {nearest:.3f}, agreeing is under {choice.threshold:.3f})"
         status = "wrong_person" if confident else "low_confidence"
         if not confident:
             why = f"no face at min_confidence {detect.min_confidence}, and {why}"
@@ -739,7 +742,7 @@ def _consensus_decision(person: str, entry: dict, choice, detect: DetectSettings
             index for index in candidates
             if distance_of[index] >= PAIR_DISTANCE and detections[index]["confidence"] >= settings.other_min_confidence
         )
-        return FaceDecision(status, why, (), others, largest=largest, distance=None if not np.isfinite(nearest) else nearest)
+        return FaceDecision(status, why, (), others, largest=largest, distance=nearest)
     chosen = choice.chosen
     distance = distance_of.get(chosen)
     kept = sorted(set(confident) | {chosen})

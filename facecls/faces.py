@@ -215,9 +215,10 @@ def consensus_warnings(consensus: Sequence[PersonConsensus], photos_with_face: d
         total = photos_with_face.get(person.person, 0)
         if not total:
             continue
-        if person.agreeing < MIN_AGREEING_SHARE * total:
+        comparable = sum(1 for choice in person.choices if np.isfinite(choice.nearest))
+        if comparable and person.agreeing < MIN_AGREEING_SHARE * comparable:
             warnings.append(
-                f"{person.person}: only {person.agreeing} of {total} photos with a face agree with one another: "
+                f"{person.person}: only {person.agreeing} of {comparable} photos with a face agree with one another: "
                 "the folder holds several people or mostly someone else (see status wrong_person in crop/photos.csv)"
             )
         elif person.agreeing < MIN_AGREEING_PHOTOS:
