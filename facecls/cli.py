@@ -182,9 +182,10 @@ def command_crop(args) -> int:
     _summary(
         args,
         f"crop: {len(result.photos)} photos ({counts}; {result.reused} reused) -> "
-        f"{len(result.crops)} face crops in {result.out_dir / 'faces'}, contact sheets in {result.out_dir / 'sheets'}",
+        f"{len(result.crops)} face crops in {result.out_dir / 'faces'}, contact sheets in {result.out_dir / 'sheets'}"
+        + "".join(f"\nwarning: {warning}" for warning in result.warnings),
         {"photos": len(result.photos), "counts": result.counts, "reused": result.reused, "crops": len(result.crops),
-         "out_dir": result.out_dir},
+         "out_dir": result.out_dir, "warnings": list(result.warnings)},
     )
     return 0
 
@@ -313,7 +314,8 @@ def _run_summary(args, result, extra: dict | None = None) -> None:
         f"crops train {counts['train']} / val {counts['val']} / test {counts['test']}; "
         f"test accuracy {accuracy}; unknown (threshold {result.unknown_threshold:.3f}) {rejection}; "
         f"model {'trained' if result.trained else 'reused'}, whole run {result.seconds:.0f} s\n"
-        f"model: {result.model_dir}\nreport: {result.run_dir / REPORT_NAME}",
+        f"model: {result.model_dir}\nreport: {result.run_dir / REPORT_NAME}"
+        + "".join(f"\nwarning: {warning}" for warning in result.warnings),
         {**(extra or {}), **dataclasses.asdict(result), "report": result.run_dir / REPORT_NAME},
     )
 
@@ -459,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="find faces with MTCNN and crop the target face of each photo -> OUT/crop/",
         description="Detect faces in every usable photo of OUT/ingest.csv and write square face crops to "
         "OUT/crop/faces/<person>/, with OUT/crop/photos.csv (every detection, a status per photo), "
-        "OUT/crop/crops.csv and a contact sheet per person in OUT/crop/sheets/. Reruns reuse finished photos.",
+        "OUT/crop/crops.csv and a contact sheet per person in OUT/crop/sheets/. Reruns reuse finished photos. "
+        "OUT/crop/corrections.csv, if you write one (lines path,face: the face number to train on, or none), "
+        "overrides which face of a photo is trained on.",
     )
     crop.add_argument("scrape", help="the scrape folder that was ingested")
     crop.add_argument("--out", required=True, help="run folder holding ingest.csv")

@@ -16,7 +16,7 @@ from facecls.errors import FaceclsError
 
 T = TypeVar("T")
 
-FACE_POLICIES = ("largest", "most_confident", "all", "skip")
+FACE_POLICIES = ("consensus", "largest", "most_confident", "all", "skip")
 BALANCE_POLICIES = ("undersample", "oversample", "weight", "none")
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 # Where Keras downloads the ImageNet weights of MobileNetV2 from (keras.applications.mobilenet_v2).
@@ -97,6 +97,11 @@ class DetectSettings:
 
     detect_side: int = 640  # photos are downscaled so their longest side is at most this before detecting
     min_confidence: float = 0.90  # detections below this are ignored (status low_confidence if nothing is left)
+    # With face_policy consensus, a face down to this confidence is trained on when the identity network
+    # agrees it is the person. Of the 14 detections at 0.8-0.9 in scraped-celebs-6, one was a clear frontal
+    # face (0.88, 0.3 from its person's consensus); the 13 others (background faces, blur, a logo) were all
+    # 0.6 or more from it. Under 0.8 MTCNN's own output stage drops most of what it finds.
+    candidate_confidence: float = 0.80
     min_face_fraction: float = 0.04  # faces smaller than this fraction of the photo's shorter side are ignored
     # Same-size photos detected in one MTCNN call. With the networks compiled (facecls.detect) a batch of
     # 8 costs the same CPU as 8 single calls (0.044 s/photo, 83 shared photos), and one photo per call
@@ -106,6 +111,7 @@ class DetectSettings:
     def __post_init__(self):
         _check_range("detect_side", self.detect_side, 64, 8192)
         _check_range("min_confidence", self.min_confidence, 0.0, 1.0)
+        _check_range("candidate_confidence", self.candidate_confidence, 0.0, 1.0)
         _check_range("min_face_fraction", self.min_face_fraction, 0.0, 1.0)
         _check_range("batch_size", self.batch_size, 1, 256)
 
@@ -124,7 +130,24 @@ class CropSettings:
     # Rotate and scale on the 5 MTCNN keypoints (eyes level, face in one place and size), as face
     # recognition networks are trained; the same crop path serves training, evaluate and classify.
     align: bool = True
-    face_policy: str = "largest"
+    # Which face of a photo is the person's: "consensus" takes the face that agrees with the identity of
+    # the person's other photos (facecls.faces); "largest" took a wrong face in 2 of the 8 multi-face
+    # photos of scraped-celebs-6 (Donald Trump for sydney_sweeney, a chest for messi).
+    face_policy: str = "consensus"
+    # Distance (dlib's 128-d identity space) from a face to the consensus of the person's other photos
+    # under which it agrees. dlib separates people at 0.6 between two faces; a centre of many faces is
+    # nearer its own people. In scraped-celebs-6 and 5-celebrity-faces, 95% of the photos' own faces were
+    # within 0.47, sunglasses, profiles and blur at 0.51-0.56; other people's faces (bystanders, 29
+    # planted intruders) 0.58-0.96; a shirt at 0.52, blurred background faces 0.6-0.74, the lying-down
+    # face aligned onto its nose 0.77. Confidence is the second signal: a face MTCNN is sure of
+    # (facecls.faces.SURE_CONFIDENCE) agrees under sure_agree_distance. The shirt and chest scored
+    # 0.90-0.92; the real faces at 0.51-0.56, 0.995-1.0.
+    agree_distance: float = 0.5
+    sure_agree_distance: float = 0.55
+    # The faces of a photo that are not the person's calibrate "unknown" (others/) only from this
+    # confidence up: the two at 0.90-0.92 in scraped-celebs-6 were a shirt and a chest, real bystanders
+    # scored 0.947-1.0. Fewer negatives cost little; a shirt among them teaches the wrong thing.
+    other_min_confidence: float = 0.95
     # Lossless by default: training reads the crops from disk while classify crops in memory, and JPEG
     # (quality 95) moved the features of the same face by a cosine of 0.97-0.997 between the two.
     crop_format: str = "png"
@@ -133,6 +156,9 @@ class CropSettings:
         _check_range("margin", self.margin, 0.0, 1.0)
         _check_range("image_size", self.image_size, 32, 1024)
         _check_choice("face_policy", self.face_policy, FACE_POLICIES)
+        _check_range("agree_distance", self.agree_distance, 0.0, 2.0)
+        _check_range("sure_agree_distance", self.sure_agree_distance, 0.0, 2.0)
+        _check_range("other_min_confidence", self.other_min_confidence, 0.0, 1.0)
         _check_choice("crop_format", self.crop_format, ("jpg", "png"))
 
 

@@ -7,13 +7,22 @@ dir, so a face is cropped exactly the same way in training and in inference.
 Per photo status:
 - ``ok``: one face passed the filters and was cropped;
 - ``multiple_faces``: several faces passed; the face policy chose which to crop (``skip``: none);
-- ``low_confidence``: MTCNN found faces, none at ``min_confidence``;
-- ``no_face``: no face, or only faces smaller than ``min_face_fraction`` of the photo;
+- ``wrong_person``: faces passed, but none agrees with the identity of the person's other photos
+  (face policy ``consensus``, ``facecls.faces``): another person, or not a face at all;
+- ``excluded``: the user dropped the photo in ``corrections.csv``;
+- ``low_confidence``: MTCNN found faces, none at ``min_confidence`` (nor, with ``consensus``, one
+  down to ``candidate_confidence`` that agrees with the person's other photos);
+- ``no_face``: no face, or only faces too small or not in a face's shape (keypoints);
 - ``unreadable``: the file could not be decoded (never reported as ``no_face``).
+
+``corrections.csv`` in the crop folder (``<run>/crop/corrections.csv``) overrides the choice:
+``path,face`` lines, the photo's path as in photos.csv and the face number to train on, or
+``none`` to leave the photo out. The next run honours it without detecting again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -25,7 +34,7 @@ import shutil
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -36,12 +45,15 @@ from facecls import images
 from facecls.config import CropSettings, DetectSettings, IngestSettings, settings_to_dict
 from facecls.detect import Detection, FaceDetector, import_tensorflow_quietly, limit_tensorflow_threads
 from facecls.errors import FaceclsError
+from facecls.faces import (
+    PAIR_DISTANCE, PhotoCandidates, candidate_confidence, consensus_warnings, filter_faces, person_consensus,
+)
 from facecls.manifest import atomic_write_bytes, field_names, output_lock, read_csv, read_json, write_csv, write_json
 from facecls.paths import check_output_folder, path_under
 
 logger = logging.getLogger(__name__)
 
-PHOTO_STATUSES = ("ok", "multiple_faces", "low_confidence", "no_face", "unreadable")
+PHOTO_STATUSES = ("ok", "multiple_faces", "wrong_person", "excluded", "low_confidence", "no_face", "unreadable")
 CROPS_MANIFEST = "crops.csv"
 PHOTOS_MANIFEST = "photos.csv"
 SUMMARY_NAME = "crop.json"
@@ -50,9 +62,11 @@ OTHERS_FOLDER = "others"  # faces of other people in the same photos: the strang
 OTHERS_MANIFEST = "others.csv"
 CHIPS_FOLDER = "chips"  # identity chips (facecls.identity) of faces/ and others/, same names, PNG
 SHEETS_FOLDER = "sheets"
+CORRECTIONS_NAME = "corrections.csv"  # the user's per-photo choices, read from the crop folder
 CACHE_FOLDER = "cache"
 # Bump when a change to detection or cropping changes the crops, so reruns redo old work.
-CROP_ALGORITHM_VERSION = 6  # 6: identity chips
+# 7: candidates down to candidate_confidence, keypoint geometry, second look turned and at 0.75x.
+CROP_ALGORITHM_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,11 @@ class PhotoRecord:
     faces: int
     crops: int
     detections: list  # Detection.to_dict() of every face found
+    # Added with the identity consensus; older photos.csv files lack them.
+    chosen_face: int | None = None  # detection index of the training face
+    largest_face: int | None = None  # detection index of the largest face that passed the filters
+    identity_distance: float | None = None  # of the chosen face (or the nearest, when none agrees) to the consensus
+    chosen_by: str = ""  # what chose the face: only face, consensus, largest, most_confident, all, corrections.csv
 
 
 @dataclass(frozen=True)
@@ -123,36 +142,46 @@ class CropResult:
     out_dir: Path
     counts: dict[str, int]
     reused: int  # photos taken from an earlier run with the same settings
+    warnings: tuple[str, ...] = ()  # one line per person whose photos do not agree enough
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One line of corrections.csv: the face to train on, or None to leave the photo out."""
+
+    line: int
+    face: int | None
+
+
+@dataclass(frozen=True)
+class FaceDecision:
+    """Which cropped faces of a photo are trained on and which are other people, and why."""
+
+    status: str
+    reason: str
+    chosen: tuple[int, ...] = ()
+    others: tuple[int, ...] = ()
+    chosen_by: str = ""
+    largest: int | None = None
+    distance: float | None = None
 
 
 def choose_faces(
     detections: Sequence[Detection], width: int, height: int, detect: DetectSettings, policy: str
 ) -> FaceChoice:
-    """Pick the faces to crop: filter by confidence and size, then apply the face policy."""
-    if not detections:
-        return FaceChoice("no_face", "no face found", ())
-    confident = [index for index, face in enumerate(detections) if face.confidence >= detect.min_confidence]
-    if not confident:
-        best = max(face.confidence for face in detections)
-        return FaceChoice(
-            "low_confidence", f"best face confidence {best:.2f} is under min_confidence {detect.min_confidence}", ()
-        )
-    min_side = detect.min_face_fraction * min(width, height)
-    sized = [index for index in confident if max(detections[index].width, detections[index].height) >= min_side]
-    if not sized:
-        return FaceChoice(
-            "no_face",
-            f"{len(confident)} face(s) smaller than min_face_fraction {detect.min_face_fraction} of the photo",
-            (),
-        )
+    """Pick the faces to crop from one photo alone: ``filter_faces`` at ``min_confidence``, then the
+    face policy. One photo has no consensus to agree with: ``consensus`` takes the largest here."""
+    found = filter_faces(detections, width, height, detect, detect.min_confidence)
+    if not found.kept:
+        return FaceChoice(found.status, found.reason, ())
+    sized = list(found.kept)
     if len(sized) == 1:
         return FaceChoice("ok", "", (sized[0],))
     reason = f"{len(sized)} faces"
     if policy == "skip":
         return FaceChoice("multiple_faces", reason + "; face_policy skip crops none", (), tuple(sized))
     if policy == "all":
-        ordered = sorted(sized, key=lambda index: -detections[index].area)
-        return FaceChoice("multiple_faces", reason + "; face_policy all crops each", tuple(ordered))
+        return FaceChoice("multiple_faces", reason + "; face_policy all crops each", tuple(sized))
     if policy == "most_confident":
         best = max(sized, key=lambda index: (detections[index].confidence, detections[index].area))
     else:
@@ -271,11 +300,14 @@ def crop_face(pixels: np.ndarray, detection: Detection, settings: CropSettings) 
 
 
 def faces_in_pixels(
-    detector: FaceDetector, photos: Sequence[tuple[str, np.ndarray]], crop_settings: CropSettings
+    detector: FaceDetector, photos: Sequence[tuple[str, np.ndarray]], crop_settings: CropSettings,
+    candidates: bool = False,
 ) -> list[PhotoFaces]:
     """Detect, choose and crop the faces of decoded photos, batching detection across them.
 
-    Each face gets two cuts: the classifier's crop and the identity network's chip.
+    Each face gets two cuts: the classifier's crop and the identity network's chip. With
+    ``candidates``, every face that passes ``filter_faces`` down to ``candidate_confidence`` is
+    cropped (``chosen``), for the crop stage's identity consensus to choose from.
     """
     from facecls.identity import identity_chip
 
@@ -283,7 +315,11 @@ def faces_in_pixels(
     results = []
     for (name, pixels), detections in zip(photos, found):
         height, width = pixels.shape[:2]
-        choice = choose_faces(detections, width, height, detector.settings, crop_settings.face_policy)
+        if candidates:
+            kept = filter_faces(detections, width, height, detector.settings, candidate_confidence(detector.settings))
+            choice = FaceChoice(kept.status, kept.reason, kept.kept)
+        else:
+            choice = choose_faces(detections, width, height, detector.settings, crop_settings.face_policy)
         crops = tuple(crop_face(pixels, detections[index], crop_settings) for index in choice.chosen)
         other_crops = tuple(crop_face(pixels, detections[index], crop_settings) for index in choice.others)
         chips = tuple(identity_chip(pixels, detections[index]) for index in choice.chosen)
@@ -298,7 +334,7 @@ def faces_in_pixels(
 
 
 def _faces_in_files(
-    detector: FaceDetector, paths: Sequence[str], crop_settings: CropSettings, max_pixels: int
+    detector: FaceDetector, paths: Sequence[str], crop_settings: CropSettings, max_pixels: int, candidates: bool
 ) -> list[PhotoFaces]:
     decoded: list[tuple[str, np.ndarray]] = []
     failures: dict[str, PhotoFaces] = {}
@@ -309,17 +345,19 @@ def _faces_in_files(
             status = "unreadable"
             failures[path] = PhotoFaces(path, status, error.reason, 0, 0)
     try:
-        found = faces_in_pixels(detector, decoded, crop_settings) if decoded else []
+        found = faces_in_pixels(detector, decoded, crop_settings, candidates) if decoded else []
     except Exception:  # noqa: BLE001 - one photo's failure must not take the others down: retry one by one
-        found = [_faces_or_failure(detector, name, pixels, crop_settings) for name, pixels in decoded]
+        found = [_faces_or_failure(detector, name, pixels, crop_settings, candidates) for name, pixels in decoded]
     done = {result.path: result for result in found}
     return [failures.get(path) or done[path] for path in paths]
 
 
-def _faces_or_failure(detector: FaceDetector, name: str, pixels: np.ndarray, crop_settings: CropSettings) -> PhotoFaces:
+def _faces_or_failure(
+    detector: FaceDetector, name: str, pixels: np.ndarray, crop_settings: CropSettings, candidates: bool
+) -> PhotoFaces:
     """The faces of one photo, or an unreadable result saying why detecting or cropping failed."""
     try:
-        return faces_in_pixels(detector, [(name, pixels)], crop_settings)[0]
+        return faces_in_pixels(detector, [(name, pixels)], crop_settings, candidates)[0]
     except Exception as error:  # noqa: BLE001 - becomes this photo's status and reason
         logger.warning("%s: face detection failed: %s", name, error)
         reason = f"face detection failed on this image ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
@@ -330,6 +368,7 @@ _worker_detector: FaceDetector | None = None
 _worker_crop_settings: CropSettings | None = None
 _worker_max_pixels: int = 0
 _worker_after: Callable[[list[PhotoFaces]], list] | None = None
+_worker_candidates: bool = False
 
 
 def _worker_start(
@@ -337,8 +376,9 @@ def _worker_start(
     crop_settings: CropSettings,
     max_pixels: int,
     after: Callable[[list[PhotoFaces]], list] | None,
+    candidates: bool,
 ) -> None:
-    global _worker_detector, _worker_crop_settings, _worker_max_pixels, _worker_after
+    global _worker_detector, _worker_crop_settings, _worker_max_pixels, _worker_after, _worker_candidates
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import_tensorflow_quietly()
     # One core per worker process: MTCNN does not scale across threads, but across processes.
@@ -347,11 +387,12 @@ def _worker_start(
     _worker_crop_settings = crop_settings
     _worker_max_pixels = max_pixels
     _worker_after = after
+    _worker_candidates = candidates
 
 
 def _worker_run(paths: list[str]) -> list:
     assert _worker_detector is not None and _worker_crop_settings is not None
-    found = _faces_in_files(_worker_detector, paths, _worker_crop_settings, _worker_max_pixels)
+    found = _faces_in_files(_worker_detector, paths, _worker_crop_settings, _worker_max_pixels, _worker_candidates)
     return found if _worker_after is None else _worker_after(found)
 
 
@@ -375,6 +416,8 @@ class FaceCropper:
     worker process) and ``faces_in_files`` yields what it returns, one item per photo: classify
     runs its model there, so crops never travel between processes and the driving process
     needs no TensorFlow. It must be picklable; each worker gets its own copy.
+
+    ``candidates`` crops every face that may be the person's (``faces_in_pixels``), for the crop stage.
     """
 
     def __init__(
@@ -384,8 +427,10 @@ class FaceCropper:
         workers: int | None = None,
         max_megapixels: float = IngestSettings().max_megapixels,
         after: Callable[[list[PhotoFaces]], list] | None = None,
+        candidates: bool = False,
     ):
         self.detect_settings = detect_settings
+        self.candidates = candidates
         self.crop_settings = crop_settings
         self.workers = default_workers() if workers is None else max(1, workers)
         self.max_pixels = int(max_megapixels * 1e6)
@@ -412,7 +457,7 @@ class FaceCropper:
 
     def faces_in_array(self, pixels: np.ndarray, name: str = "<array>") -> PhotoFaces:
         """Faces of one decoded RGB uint8 photo, in this process."""
-        return faces_in_pixels(self.detector, [(name, pixels)], self.crop_settings)[0]
+        return faces_in_pixels(self.detector, [(name, pixels)], self.crop_settings, self.candidates)[0]
 
     def faces_in_files(self, paths: Iterable[str | Path], chunk_size: int | None = None) -> Iterator:
         """Faces of each file (or what ``after`` made of them), in input order; memory stays flat
@@ -421,7 +466,7 @@ class FaceCropper:
         chunks = _chunks((str(path) for path in paths), chunk_size)
         if self.workers == 1:
             for chunk in chunks:
-                found = _faces_in_files(self.detector, chunk, self.crop_settings, self.max_pixels)
+                found = _faces_in_files(self.detector, chunk, self.crop_settings, self.max_pixels, self.candidates)
                 yield from (found if self.after is None else self.after(found))
             return
         if self._pool is None:
@@ -429,7 +474,7 @@ class FaceCropper:
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_start,
-                initargs=(self.detect_settings, self.crop_settings, self.max_pixels, self.after),
+                initargs=(self.detect_settings, self.crop_settings, self.max_pixels, self.after, self.candidates),
             )
         pending: deque = deque()
         try:
@@ -468,6 +513,9 @@ def settings_fingerprint(detect_settings: DetectSettings, crop_settings: CropSet
     # batch_size changes speed, not results: leave it out so a rerun with another batch reuses work
     data = json.loads(text)
     data["detect"].pop("batch_size", None)
+    # The cache holds every candidate face; which one is trained on is decided afresh each run.
+    for name in ("face_policy", "agree_distance", "sure_agree_distance", "other_min_confidence"):
+        data["crop"].pop(name, None)
     data["algorithm"] = CROP_ALGORITHM_VERSION
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -502,12 +550,16 @@ def crop(
 ) -> CropResult:
     """Crop the faces of every usable photo in an ingest manifest into ``<out_dir>/faces/<person>/``.
 
-    Writes ``photos.csv`` (every photo, every detection, a status), ``crops.csv`` (every crop,
-    linked to its source photo and duplicate group), ``crop.json`` and a contact sheet per person
-    in ``sheets/``. The other faces of multi-face photos go to ``others/<person>/`` and
-    ``others.csv``: they are mostly other people, the strangers ``unknown`` is measured on. Each
-    crop's identity chip (``chip_path_of``) goes under ``chips/``. Photos done before with the
-    same settings are reused.
+    Writes ``photos.csv`` (every photo, every detection, a status and which face was chosen by
+    what), ``crops.csv`` (every crop, linked to its source photo and duplicate group),
+    ``crop.json`` and a contact sheet per person in ``sheets/``. The faces of a photo that are not
+    the person's go to ``others/<person>/`` and ``others.csv``: the strangers ``unknown`` is
+    measured on. Each crop's identity chip (``chip_path_of``) goes under ``chips/``. Photos done
+    before with the same detection settings are reused; ``corrections.csv`` in ``out_dir``
+    overrides the choice of face.
+
+    Raises:
+        FaceclsError: no usable photo, or a bad line in ``corrections.csv``.
     """
     from facecls.ingest import read_ingest_manifest
 
@@ -516,11 +568,11 @@ def crop(
     records = [record for record in read_ingest_manifest(ingest_manifest) if record.status == "ok"]
     if not records:
         raise FaceclsError(f"{ingest_manifest} lists no usable photo. Check the ingest statuses and reasons in it.")
+    corrections = read_corrections(out_dir / CORRECTIONS_NAME, {record.path for record in records})
     fingerprint = settings_fingerprint(detect_settings, crop_settings)
     cache_dir = out_dir / CACHE_FOLDER / fingerprint
     with output_lock(out_dir):
-        # Crop file names do not carry the settings, so crops of other settings are about to be
-        # overwritten: their cache entries would then point at the wrong crops.
+        # The cache's candidate crops were cut with the settings of its fingerprint; other settings' are stale.
         for stale in (out_dir / CACHE_FOLDER).glob("*"):
             if stale.is_dir() and stale.name != fingerprint:
                 shutil.rmtree(stale)
@@ -531,20 +583,27 @@ def crop(
         size = task_size(detect_settings)
         for start in range(0, len(records), size):
             batch = records[start : start + size]
-            entries = [_read_cache(cache_dir, record.sha256, out_dir) for record in batch]
+            entries = [_read_cache(cache_dir, record.sha256) for record in batch]
             if any(entry is None for entry in entries):
                 todo.extend(batch)
             else:
                 cached.update((record.path, entry) for record, entry in zip(batch, entries))
         progress = tqdm(total=len(records), initial=len(cached), desc="crop", unit="photo")
-        with FaceCropper(detect_settings, crop_settings, workers=_workers_for(len(todo), workers)) as cropper:
+        with FaceCropper(
+            detect_settings, crop_settings, workers=_workers_for(len(todo), workers), candidates=True
+        ) as cropper:
             by_path = {str(scrape / record.path): record for record in todo}
             for faces in cropper.faces_in_files(by_path, chunk_size=size):
                 record = by_path[faces.path]
-                cached[record.path] = _store_photo(faces, record, crop_settings, out_dir, cache_dir)
+                cached[record.path] = _store_photo(faces, record, crop_settings, cache_dir)
                 progress.update(1)
         progress.close()
-        photos, crops, others = _manifests(records, cached)
+        _describe_candidates(records, cached, cache_dir)
+        decisions, warnings = decide_faces(records, cached, detect_settings, crop_settings, corrections)
+        for warning in warnings:
+            logger.warning(warning)
+        photos, crops, others = _manifests(records, cached, decisions, crop_settings)
+        _link_crops(out_dir, cache_dir, cached, crops + others)
         write_csv(out_dir / PHOTOS_MANIFEST, photos, field_names(PhotoRecord))
         write_csv(out_dir / CROPS_MANIFEST, crops, field_names(CropRecord))
         write_csv(out_dir / OTHERS_MANIFEST, others, field_names(CropRecord))
@@ -565,10 +624,176 @@ def crop(
                 "counts": counts,
                 "reused": len(records) - len(todo),
                 "people_without_faces": faceless,
+                "corrections": len(corrections),
+                "warnings": warnings,
             },
         )
         write_contact_sheets(out_dir, photos, crops)
-    return CropResult(photos, crops, out_dir, counts, reused=len(records) - len(todo))
+    return CropResult(photos, crops, out_dir, counts, reused=len(records) - len(todo), warnings=tuple(warnings))
+
+
+def read_corrections(path: Path, known_paths: set[str]) -> dict[str, Correction]:
+    """The user's choices in ``corrections.csv`` (header ``path,face``), by photo path; {} without the file.
+
+    Raises:
+        FaceclsError: a line without a known photo path or with a face that is not a number or ``none``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as file:
+        rows = list(csv.reader(file))
+    how = "Each line is a photo's path as in photos.csv, then the face number to train on or none."
+    if not rows or [cell.strip() for cell in rows[0]] != ["path", "face"]:
+        raise FaceclsError(f"{path} line 1: the header must be 'path,face'. Received: {','.join(rows[0]) if rows else '(empty file)'!r}. {how}")
+    corrections: dict[str, Correction] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 2:
+            raise FaceclsError(f"{path} line {line}: expected 2 fields (path,face). Received: {','.join(row)!r}. {how}")
+        photo, face = row[0].strip(), row[1].strip().lower()
+        if photo not in known_paths:
+            raise FaceclsError(
+                f"{path} line {line}: {photo!r} is not a usable photo of the scrape (see photos.csv for the paths). {how}"
+            )
+        if photo in corrections:
+            raise FaceclsError(f"{path} line {line}: {photo!r} is already on line {corrections[photo].line}. Keep one line per photo.")
+        if face != "none" and not face.isdigit():
+            raise FaceclsError(f"{path} line {line}: face must be a face number (0, 1, ...) or none. Received: {row[1]!r}. {how}")
+        corrections[photo] = Correction(line, None if face == "none" else int(face))
+    return corrections
+
+
+def decide_faces(
+    records, cached: dict[str, dict], detect: DetectSettings, settings: CropSettings, corrections: dict[str, Correction]
+) -> tuple[dict[str, FaceDecision], list[str]]:
+    """Which candidate face of each photo is trained on, which are other people, and warnings per person.
+
+    Raises:
+        FaceclsError: a correction names a face that is not one of the photo's candidates.
+    """
+    decisions: dict[str, FaceDecision] = {}
+    by_person: dict[str, list] = defaultdict(list)
+    for record in records:
+        entry = cached[record.path]
+        correction = corrections.get(record.path)
+        if entry["status"] == "unreadable":
+            decisions[record.path] = FaceDecision(entry["status"], entry["reason"])
+        elif correction is not None and correction.face is None:
+            decisions[record.path] = FaceDecision("excluded", f"left out by {CORRECTIONS_NAME} line {correction.line}",
+                                                  chosen_by=CORRECTIONS_NAME)
+        elif not entry["candidates"]:
+            decisions[record.path] = FaceDecision(entry["status"], entry["reason"])
+        else:
+            if correction is not None and correction.face not in entry["candidates"]:
+                raise FaceclsError(
+                    f"{CORRECTIONS_NAME} line {correction.line}: {record.path} has no usable face {correction.face}; "
+                    f"use one of {', '.join(map(str, entry['candidates']))} (the face numbers in the report), or none."
+                )
+            by_person[record.person].append(record)
+    warnings: list[str] = []
+    consensus = []
+    for person, mine in sorted(by_person.items()):
+        if settings.face_policy == "consensus":
+            photos = [
+                PhotoCandidates(
+                    record.path, record.group, tuple(cached[record.path]["candidates"]),
+                    tuple(cached[record.path]["detections"][index]["confidence"] for index in cached[record.path]["candidates"]),
+                    np.asarray(cached[record.path]["descriptors"], dtype=np.float64).reshape(-1, 128),
+                    None if record.path not in corrections else corrections[record.path].face,
+                )
+                for record in mine
+            ]
+            result = person_consensus(person, photos, settings)
+            consensus.append(result)
+            for record, choice in zip(mine, result.choices):
+                decisions[record.path] = _consensus_decision(person, cached[record.path], choice, detect, settings,
+                                                             corrections.get(record.path))
+        else:
+            for record in mine:
+                decisions[record.path] = _policy_decision(cached[record.path], detect, settings, corrections.get(record.path))
+    if consensus:
+        with_face = Counter(person for person, mine in by_person.items() for _ in mine)
+        warnings = consensus_warnings(consensus, dict(with_face))
+    return decisions, warnings
+
+
+def _largest(entry: dict, indices) -> int | None:
+    boxes = entry["detections"]
+    return max(indices, key=lambda index: boxes[index]["box"][2] * boxes[index]["box"][3], default=None)
+
+
+def _consensus_decision(person: str, entry: dict, choice, detect: DetectSettings, settings: CropSettings,
+                        correction: Correction | None) -> FaceDecision:
+    detections = entry["detections"]
+    candidates = entry["candidates"]
+    confident = [index for index in candidates if detections[index]["confidence"] >= detect.min_confidence]
+    largest = _largest(entry, confident or candidates)
+    distance_of = dict(zip(candidates, choice.distances))
+    if choice.chosen is None and not np.isfinite(choice.nearest):
+        # Nothing to agree with (the person's only photo, or only near-copies of it): the filter and
+        # the largest face decide, as face_policy largest does.
+        fallback = _policy_decision(entry, detect, replace(settings, face_policy="largest"), correction)
+        why = f"no other photo of {person} to compare with, so the face filter alone decided"
+        return replace(fallback, reason="; ".join(filter(None, [fallback.reason, why])))
+    if choice.chosen is None:
+        nearest = choice.nearest
+        why = f"no face agrees with {person}'s other photos (nearest {nearest:.3f}, agreeing is under {choice.threshold:.3f})"
+        status = "wrong_person" if confident else "low_confidence"
+        if not confident:
+            why = f"no face at min_confidence {detect.min_confidence}, and {why}"
+        # Other people's faces, negatives for "unknown", only when past dlib's line between two people:
+        # the person's own hard faces (sunglasses, a profile) that just missed agreeing lay at 0.51-0.56.
+        others = tuple(
+            index for index in candidates
+            if distance_of[index] >= PAIR_DISTANCE and detections[index]["confidence"] >= settings.other_min_confidence
+        )
+        return FaceDecision(status, why, (), others, largest=largest, distance=nearest)
+    chosen = choice.chosen
+    distance = distance_of.get(chosen)
+    kept = sorted(set(confident) | {chosen})
+    status = "ok" if len(kept) == 1 else "multiple_faces"
+    if correction is not None:
+        chosen_by, reason = CORRECTIONS_NAME, f"face {chosen} chosen by {CORRECTIONS_NAME} line {correction.line}"
+    elif len(kept) == 1:
+        chosen_by, reason = "only face", ""
+        if detections[chosen]["confidence"] < detect.min_confidence:
+            chosen_by = "consensus"
+            reason = (f"confidence {detections[chosen]['confidence']:.2f} is under min_confidence {detect.min_confidence}, "
+                      f"kept: it agrees with {person}'s other photos ({distance:.2f})")
+    else:
+        chosen_by = "consensus"
+        reason = f"{len(kept)} faces; cropped the one that agrees with {person}'s other photos ({distance:.2f})"
+        if chosen != largest:
+            reason += f", not the largest (face {largest}, {distance_of[largest]:.2f})"
+    # The others: faces of the photo that are not the person (an agreeing second face is the person
+    # again, in a collage), confident enough not to be a shirt or a hand.
+    others = tuple(
+        index for index in candidates
+        if index != chosen and index not in choice.agreeing
+        and detections[index]["confidence"] >= settings.other_min_confidence
+    )
+    return FaceDecision(status, reason, (chosen,), others, chosen_by, largest, distance)
+
+
+def _policy_decision(entry: dict, detect: DetectSettings, settings: CropSettings, correction: Correction | None) -> FaceDecision:
+    detections = [Detection.from_dict(data) for data in entry["detections"]]
+    choice = choose_faces(detections, entry["width"], entry["height"], detect, settings.face_policy)
+    largest = _largest(entry, choice.chosen + choice.others)
+    if correction is not None:
+        chosen, reason, chosen_by = (correction.face,), f"face {correction.face} chosen by {CORRECTIONS_NAME} line {correction.line}", CORRECTIONS_NAME
+        others = tuple(index for index in choice.chosen + choice.others if index != correction.face)
+        status = "ok" if not others else "multiple_faces"
+    elif not choice.chosen and not choice.others:
+        return FaceDecision(choice.status, choice.reason)
+    else:
+        chosen, reason, others, status = choice.chosen, choice.reason, choice.others, choice.status
+        chosen_by = "only face" if status == "ok" else settings.face_policy
+    others = tuple(index for index in others if detections[index].confidence >= settings.other_min_confidence)
+    return FaceDecision(status, reason, tuple(chosen), others, chosen_by, largest)
 
 
 def _workers_for(photo_count: int, requested: int | None) -> int:
@@ -582,7 +807,7 @@ def _cache_path(cache_dir: Path, sha256: str) -> Path:
     return cache_dir / sha256[:2] / f"{sha256}.json"
 
 
-def _read_cache(cache_dir: Path, sha256: str, out_dir: Path) -> dict | None:
+def _read_cache(cache_dir: Path, sha256: str) -> dict | None:
     path = _cache_path(cache_dir, sha256)
     if not path.exists():
         return None
@@ -590,39 +815,30 @@ def _read_cache(cache_dir: Path, sha256: str, out_dir: Path) -> dict | None:
         entry = read_json(path)
     except FaceclsError:
         return None
-    names = entry.get("crop_files", []) + entry.get("other_files", [])
-    if not all((out_dir / name).exists() and (out_dir / chip_path_of(name)).exists() for name in names):
+    names = entry.get("candidate_files", []) + entry.get("chip_files", [])
+    if "candidates" not in entry or not all((cache_dir / name).exists() for name in names):
         return None
     return entry
 
 
-def _store_photo(
-    faces: PhotoFaces, record, crop_settings: CropSettings, out_dir: Path, cache_dir: Path
-) -> dict:
-    def write(folder: str, indices: tuple[int, ...], crops: tuple[np.ndarray, ...], chips: tuple[np.ndarray, ...]) -> list[str]:
-        names = []
-        for index, pixels, chip in zip(indices, crops, chips):
-            name = f"{folder}/{record.person}/" + crop_file_name(
-                record.path, record.sha256, index, crop_settings.crop_format
-            )
-            path_under(out_dir, name)  # the person name was checked at ingest; the manifest may be edited
-            images.write_image(out_dir / name, pixels)
-            images.write_image(out_dir / chip_path_of(name), chip)
-            names.append(name)
-        return names
-
-    crop_files = write(FACES_FOLDER, faces.chosen, faces.crops, faces.chips)
-    other_files = write(OTHERS_FOLDER, faces.others, faces.other_crops, faces.other_chips)
+def _store_photo(faces: PhotoFaces, record, crop_settings: CropSettings, cache_dir: Path) -> dict:
+    """Write a photo's candidate crops and chips into the cache; returns its cache entry."""
+    crop_files, chip_files = [], []
+    for index, pixels, chip in zip(faces.chosen, faces.crops, faces.chips):
+        stem = f"{record.sha256[:2]}/{record.sha256}-{index}"
+        crop_files.append(f"{stem}.{crop_settings.crop_format}")
+        chip_files.append(f"{stem}.chip.png")
+        images.write_image(cache_dir / crop_files[-1], pixels)
+        images.write_image(cache_dir / chip_files[-1], chip)
     entry = {
         "status": faces.status,
         "reason": faces.reason,
         "width": faces.width,
         "height": faces.height,
         "detections": [detection.to_dict() for detection in faces.detections],
-        "chosen": list(faces.chosen),
-        "crop_files": crop_files,
-        "others": list(faces.others),
-        "other_files": other_files,
+        "candidates": list(faces.chosen),
+        "candidate_files": crop_files,
+        "chip_files": chip_files,
     }
     # Written last: a photo counts as done only once its crops are on disk. An unreadable file is
     # not cached: the cause (deleted or locked mid-run, a full disk) may be gone on the rerun.
@@ -631,10 +847,39 @@ def _store_photo(
     return entry
 
 
-def _manifests(records, cached: dict[str, dict]) -> tuple[list[PhotoRecord], list[CropRecord], list[CropRecord]]:
+def _describe_candidates(records, cached: dict[str, dict], cache_dir: Path, chunk_size: int = 32) -> None:
+    """Add the identity descriptors of every candidate face to the cache entries that lack them.
+
+    Photos are described in fixed chunks of the full list, all of a chunk at once, so a resumed
+    run feeds the network the same batches as an uninterrupted one (the last float bits of a
+    descriptor depend on its batch).
+    """
+    encoder = None
+    for start in range(0, len(records), chunk_size):
+        chunk = [record for record in records[start : start + chunk_size] if cached[record.path]["candidates"]]
+        if all("descriptors" in cached[record.path] for record in chunk):
+            continue
+        if encoder is None:
+            from facecls.identity import IdentityEncoder
+
+            encoder = IdentityEncoder()
+        chips = [images.read_rgb(cache_dir / name) for record in chunk for name in cached[record.path]["chip_files"]]
+        descriptors = encoder.embed(np.stack(chips))
+        position = 0
+        for record in chunk:
+            entry = cached[record.path]
+            count = len(entry["candidates"])
+            entry["descriptors"] = np.round(descriptors[position : position + count], 5).tolist()
+            position += count
+            write_json(_cache_path(cache_dir, record.sha256), entry)
+
+
+def _manifests(records, cached: dict[str, dict], decisions: dict[str, FaceDecision], crop_settings: CropSettings
+               ) -> tuple[list[PhotoRecord], list[CropRecord], list[CropRecord]]:
     photos, crops, others = [], [], []
     for record in records:
         entry = cached[record.path]
+        decision = decisions[record.path]
         detections = entry["detections"]
         photos.append(
             PhotoRecord(
@@ -642,19 +887,24 @@ def _manifests(records, cached: dict[str, dict]) -> tuple[list[PhotoRecord], lis
                 person=record.person,
                 sha256=record.sha256,
                 group=record.group,
-                status=entry["status"],
-                reason=entry["reason"],
+                status=decision.status,
+                reason=decision.reason,
                 width=entry["width"],
                 height=entry["height"],
                 faces=len(detections),
-                crops=len(entry["crop_files"]),
+                crops=len(decision.chosen),
                 detections=detections,
+                chosen_face=decision.chosen[0] if len(decision.chosen) == 1 else None,
+                largest_face=decision.largest,
+                identity_distance=None if decision.distance is None else round(decision.distance, 4),
+                chosen_by=decision.chosen_by,
             )
         )
-        pairs = [(crops, index, name) for index, name in zip(entry["chosen"], entry["crop_files"])]
-        pairs += [(others, index, name) for index, name in zip(entry["others"], entry["other_files"])]
-        for target, index, name in pairs:
+        pairs = [(crops, FACES_FOLDER, index) for index in decision.chosen]
+        pairs += [(others, OTHERS_FOLDER, index) for index in decision.others]
+        for target, folder, index in pairs:
             detection = Detection.from_dict(detections[index])
+            name = f"{folder}/{record.person}/" + crop_file_name(record.path, record.sha256, index, crop_settings.crop_format)
             target.append(
                 CropRecord(
                     crop_path=name,
@@ -668,10 +918,37 @@ def _manifests(records, cached: dict[str, dict]) -> tuple[list[PhotoRecord], lis
                     width=round(detection.width, 1),
                     height=round(detection.height, 1),
                     confidence=round(detection.confidence, 5),
-                    photo_status=entry["status"],
+                    photo_status=decision.status,
                 )
             )
     return photos, crops, others
+
+
+def _link_crops(out_dir: Path, cache_dir: Path, cached: dict[str, dict], chosen: list[CropRecord]) -> None:
+    """Put each chosen crop and its chip in place: a hard link to the cache's copy (a copy where links fail)."""
+    for crop_record in chosen:
+        path_under(out_dir, crop_record.crop_path)  # the person name was checked at ingest; the manifest may be edited
+        entry = cached[crop_record.source_path]
+        position = entry["candidates"].index(crop_record.face_index)
+        for source, target in (
+            (entry["candidate_files"][position], crop_record.crop_path),
+            (entry["chip_files"][position], chip_path_of(crop_record.crop_path)),
+        ):
+            _place(cache_dir / source, out_dir / target)
+
+
+def _place(source: Path, target: Path) -> None:
+    if target.exists() and os.path.samefile(source, target):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.link")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
 
 
 def _remove_stale_crops(out_dir: Path, keep: set[str]) -> None:

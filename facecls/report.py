@@ -143,7 +143,7 @@ th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}.muted{color
 .gallery .page{display:flex;flex-wrap:wrap;gap:4px}.thumb{margin:0;width:104px;border:3px solid transparent}
 .thumb img{width:100%;height:auto;display:block;background:#eee}.thumb figcaption{font-size:11px;line-height:1.25;
 overflow-wrap:anywhere}.thumb.wide{width:160px}.thumb.several{border-color:#fb8500}.thumb.noface{border-color:#cf222e}
-.thumb.unknown{border-color:#8c959f}.thumb.train{border-bottom-color:#8c959f}.thumb.val{border-bottom-color:#0969da}
+.thumb.unknown{border-color:#8c959f}.thumb.overridden{border-color:#bf3989}.thumb.otherperson{border-color:#9a6700}.thumb.train{border-bottom-color:#8c959f}.thumb.val{border-bottom-color:#0969da}
 .thumb.test{border-bottom-color:#8250df}.noimg{width:100%;height:80px;display:flex;align-items:center;
 justify-content:center;background:#eee;color:#656d76;font-size:11px;text-align:center}
 .thumb a{text-decoration:none}.pager{margin:4px 0}.pager button{margin:0 8px}.key span{display:inline-block;border:3px solid;padding:0 6px;
@@ -487,6 +487,7 @@ def write_run_report(run_dir: Path) -> Path:
     metrics = _read_optional_json(run_dir / "evaluation" / "metrics.json")
     info = _read_optional_json(model_dir / modeldir.INFO_FILE)
     history = _read_optional_json(model_dir / modeldir.HISTORY_FILE)
+    crop_warnings = (_read_optional_json(run_dir / "crop" / "crop.json") or {}).get("warnings") or []
 
     thumbnails = _Thumbnails(run_dir)
     max_pixels = int(float((ingest_summary.get("settings") or {}).get("max_megapixels", 50)) * 1e6)
@@ -525,6 +526,7 @@ def write_run_report(run_dir: Path) -> Path:
         + (f'<span data-summary="stranger-rejection">{_rejection(run_summary["open_set"])}</span>'
            if run_summary.get("open_set") else "")
         + "</p>"
+        + "".join(f'<p data-warning="crop">warning: {_e(warning)}</p>' for warning in crop_warnings)
     )
     return _write_page(run_dir, f"facecls run {run_dir.name}", header, sections, thumbnails)
 
@@ -579,7 +581,8 @@ def _funnel_section(people, ingest_rows, photos, kept_by_person: Counter | None,
     explain = (
         '<p class="muted">readable: decodes as an image of a usable size (drops: unreadable, not_image, too_small, '
         "too_large). unique: not a copy of another photo (drops: duplicate, near_duplicate; the largest copy is kept). "
-        "with a face: MTCNN found a face that passed the confidence and size filters (drops: no_face, low_confidence). "
+        "with a face: MTCNN found a face that passed the confidence, size and shape filters and agrees with the person's "
+        "other photos (drops: no_face, low_confidence, wrong_person, excluded by you). "
         "kept: face crops in the train, val or test split.</p>"
     )
     if outside:
@@ -612,25 +615,43 @@ def _faces_section(run_dir, people, photos, crops, others, split_of, scrape, pho
         return '<p class="muted">The crop stage has not run yet: `facecls crop` writes the faces shown here.</p>'
     crop_dir = run_dir / "crop"
     faces_in_photo = {row["path"]: int(row["faces"]) for row in photos}
+    photo_row = {row["path"]: row for row in photos}
+
+    def overridden(row) -> bool:
+        """The training face of a multi-face photo is not its largest (older photos.csv: never)."""
+        photo = photo_row.get(row["source_path"], {})
+        return bool(photo.get("largest_face")) and photo.get("chosen_face") != photo.get("largest_face")
+
     parts = [
         '<p class="key"><span style="border-color:#fb8500">photo with several faces: check the right one was taken</span>'
+        '<span style="border-color:#bf3989">not the largest face: the one that agrees with the person\'s other photos</span>'
+        '<span style="border-color:#9a6700">rejected: no face agrees with the person\'s other photos</span>'
         '<span style="border-color:#cf222e">photo that gave no face</span>'
         '<span style="border-color:transparent;border-bottom-color:#8c959f">train</span>'
         '<span style="border-color:transparent;border-bottom-color:#0969da">val</span>'
         '<span style="border-color:transparent;border-bottom-color:#8250df">test</span></p>'
         '<p class="muted">Least certain first: faces from photos with several faces, then by detector confidence. '
-        "Click a face to open its photo.</p>"
+        "Hover a face for why it was chosen; click it to open its photo.</p>"
+        f'<p data-corrections="how">To correct a choice, write <code>{_e(crop_dir / "corrections.csv")}</code> with the '
+        "header <code>path,face</code> and one line per photo: its path as shown here, then the face number to "
+        "train on (shown on each face) or <code>none</code> to leave the photo out, e.g. "
+        "<code>messi/a1b2.jpg,none</code>. The next <code>facecls run</code> with the same arguments honours it "
+        "without detecting again.</p>"
     ]
     for person in people:
         mine = [row for row in crops if row["person"] == person]
-        mine.sort(key=lambda row: (row["photo_status"] == "ok", float(row["confidence"]), row["crop_path"]))
+        mine.sort(key=lambda row: (row["photo_status"] == "ok", not overridden(row), float(row["confidence"]), row["crop_path"]))
         tiles = [
             Thumb(
                 src=_url(crop_dir / row["crop_path"], run_dir),
+                caption=f"face {row['face_index']}" + (" · not the largest" if overridden(row) else ""),
                 title=f"{row['source_path']} · confidence {float(row['confidence']):.3f} · "
-                f"{faces_in_photo.get(row['source_path'], 1)} face(s) in the photo · {split_of.get(row['crop_path'], 'no split')}",
+                f"{faces_in_photo.get(row['source_path'], 1)} face(s) in the photo · {split_of.get(row['crop_path'], 'no split')}"
+                + (f" · chosen by {photo_row[row['source_path']].get('chosen_by')}" if photo_row.get(row["source_path"], {}).get("chosen_by") else "")
+                + (f" · {photo_row[row['source_path']]['reason']}" if photo_row.get(row["source_path"], {}).get("reason") else ""),
                 href=_file_uri(scrape / row["source_path"]),
                 flag=" ".join(filter(None, ["several" if row["photo_status"] != "ok" else "",
+                                            "overridden" if overridden(row) else "",
                                             split_of.get(row["crop_path"], "")])),
             )
             for row in mine
@@ -638,7 +659,8 @@ def _faces_section(run_dir, people, photos, crops, others, split_of, scrape, pho
         missing = [row for row in photos if row["person"] == person and int(row["crops"]) == 0]
         missing_tiles = [
             Thumb(src=photo_thumb(row["path"], row["sha256"]), caption=f"{row['status']}: {row['reason']}",
-                  title=row["path"], href=_file_uri(scrape / row["path"]), flag="wide noface")
+                  title=row["path"], href=_file_uri(scrape / row["path"]),
+                  flag="wide noface" + (" otherperson" if row["status"] == "wrong_person" else ""))
             for row in missing
         ]
         strangers = [row for row in others if row["person"] == person]
@@ -648,9 +670,13 @@ def _faces_section(run_dir, people, photos, crops, others, split_of, scrape, pho
             for row in strangers
         ]
         several = sum(1 for row in mine if row["photo_status"] != "ok")
+        not_largest = sum(1 for row in mine if overridden(row))
+        rejected = sum(1 for row in missing if row["status"] == "wrong_person")
         parts.append(
-            f'<h3 id="person-{_e(person)}">{_e(person)}: {len(mine)} faces'
+            f'<h3 id="person-{_e(person)}" data-not-largest="{not_largest}" data-rejected="{rejected}">{_e(person)}: {len(mine)} faces'
             f"{f', {several} from photos with several faces' if several else ''}"
+            f"{f', {not_largest} not the largest' if not_largest else ''}"
+            f"{f', {rejected} rejected as another person' if rejected else ''}"
             f"{', ' + _plural(len(missing), 'photo') + ' without a face' if missing else ''}</h3>"
             + _gallery(tiles, "faces-" + person)
             + (f"<p>Photos that gave no face:</p>{_gallery(missing_tiles, 'noface-' + person)}" if missing else "")

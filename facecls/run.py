@@ -4,6 +4,7 @@ Run folder layout::
 
     <run>/ingest.csv, ingest.json      every file of the scrape, with a status
     <run>/crop/                        face crops, photos.csv, crops.csv, others.csv, sheets/
+    <run>/crop/corrections.csv         yours, optional: the face to train on per photo, or none
     <run>/curate/                      splits.csv, curate.json
     <run>/model/                       the model dir (everything classify needs)
     <run>/evaluation/                  metrics.json and plots on the test split
@@ -73,6 +74,7 @@ class RunResult:
     stranger_rejection: float | None  # share of the other people's faces in the scrape called unknown
     stranger_count: int  # those faces (from photos of several people); 0: nothing to measure it on
     seconds: float  # the whole run, every stage
+    warnings: tuple[str, ...] = ()  # people whose photos do not agree enough (facecls.faces)
 
 
 def _training_fingerprint(splits_manifest: Path, settings: RunSettings) -> str:
@@ -166,6 +168,7 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         stranger_rejection=open_set["stranger_rejection"],
         stranger_count=open_set["stranger_count"],
         seconds=time.perf_counter() - started,
+        warnings=cropped.warnings,
     )
     write_json(
         run_dir / RUN_SUMMARY,
@@ -177,6 +180,7 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
             "faces": result.faces,
             "ingest_counts": ingested.counts,
             "crop_counts": cropped.counts,
+            "warnings": list(cropped.warnings),
             "crops_per_person_and_split": curated.counts,
             "test_accuracy": result.test_accuracy,
             "test_accuracy_interval": result.test_accuracy_interval,

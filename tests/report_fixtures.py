@@ -27,8 +27,9 @@ CHROMIUM_FLAGS = [
     "--disable-component-update", "--disable-sync",
 ]
 
-# Photos of the shared scrape chosen so the run meets every case: 79de..., 654e... give no face;
-# a90e..., 0fe4..., 44f6... hold several faces.
+# Photos of the shared scrape chosen so the run meets every case: 79de... (a shirt) gives no face of
+# messi; 654e... is a face lying sideways; a90e..., 0fe4..., 44f6... hold several faces, and in 0fe4...
+# the largest is a bystander's.
 PEOPLE = {
     "messi": ["79de6ff31394a5cd.jpg", "a90e498966961870.jpg"],
     "sydney_sweeney": ["654e282a6b93bbc6.jpg", "0fe487627f0d6d1c.jpg"],

@@ -129,6 +129,27 @@ def test_every_dropped_file_is_listed_with_its_reason(run_page):
     assert "not_image: " in captions and "unreadable: " in captions and "no_face: " in captions
 
 
+def test_faces_gallery_flags_faces_that_are_not_the_largest_and_photos_of_another_person(run_page):
+    run_dir, loaded = run_page
+    photos = rows(run_dir / "crop" / "photos.csv")
+    page = loaded.page
+    for person in ("brad_pitt", "messi", "sydney_sweeney"):
+        mine = [row for row in photos if row["person"] == person]
+        not_largest = [row for row in mine if row["chosen_face"] and row["chosen_face"] != row["largest_face"]]
+        rejected = [row for row in mine if row["status"] == "wrong_person"]
+        heading = page.locator(f"h3#person-{person}")
+        assert int(heading.get_attribute("data-not-largest")) == len(not_largest)
+        assert int(heading.get_attribute("data-rejected")) == len(rejected)
+        assert page.locator(f'[data-gallery="faces-{person}"] figure.overridden').count() == len(not_largest)
+        assert page.locator(f'[data-gallery="noface-{person}"] figure.otherperson').count() == len(rejected)
+    # Donald Trump is the larger face of the sydney_sweeney collage: hers was chosen, and says so
+    collage = next(row for row in photos if row["path"] == "sydney_sweeney/0fe487627f0d6d1c.jpg")
+    assert collage["chosen_by"] == "consensus" and collage["chosen_face"] != collage["largest_face"]
+    assert "not the largest" in " ".join(texts(page, '[data-gallery="faces-sydney_sweeney"] figcaption'))
+    how = page.locator('[data-corrections="how"]').inner_text()
+    assert str(run_dir / "crop" / "corrections.csv") in how and "path,face" in how and "none" in how
+
+
 def test_faces_gallery_shows_every_crop_and_flags_photos_with_several_or_no_faces(run_page):
     run_dir, loaded = run_page
     crops = rows(run_dir / "crop" / "crops.csv")

@@ -46,7 +46,7 @@ def test_model_dir_describes_itself(finished_run):
     info = loaded.info
     assert list(info.labels) == sorted(info.labels) and len(info.labels) == 6
     assert info.image_size == 128 and info.crop_settings.image_size == 128
-    assert info.alpha == 0.35 and info.crop_settings.face_policy == "largest"
+    assert info.alpha == 0.35 and info.crop_settings.face_policy == "consensus"
     assert {"tensorflow", "keras", "mtcnn", "numpy", "facecls"} <= set(info.versions)
     assert json.loads((run_dir / "model" / "history.json").read_text())["head"]["loss"]
     assert loaded.model.input_shape[1:] == (128, 128, 3)
