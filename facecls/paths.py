@@ -87,10 +87,14 @@ def check_output_folder(out: Path, inputs: Sequence[Path] = (), option: str = "-
         FaceclsError: naming the option, the path, and what to choose instead.
     """
     out = Path(out)
+    if os.path.islink(out) and not out.exists():
+        raise FaceclsError(f"{option} {out} is a broken symbolic link. Choose another path, or fix the link.")
     if out.exists() and not out.is_dir():
         raise FaceclsError(f"{option} {out} is a file; it must be a folder (new or existing). Choose another path.")
     for parent in Path(os.path.abspath(out)).parents:
         if os.path.lexists(parent):
+            if not parent.exists():
+                raise FaceclsError(f"{option} {out} lies under {parent}, a broken symbolic link. Choose another path.")
             if not parent.is_dir():
                 raise FaceclsError(f"{option} {out} lies under {parent}, which is a file, not a folder. Choose another path.")
             break

@@ -560,12 +560,14 @@ def out_check_cases(tmp_path: Path) -> list[tuple[str, list[str], str]]:
         shutil.copy2(HARD / "no_face" / "rocket.jpg", scrape / person / "a.jpg")
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     model = tmp_path / "model"  # never read: the --out check comes first
     model.mkdir()
     weights = ["--weights", str(WEIGHTS_035_H5)]
     outs = {
         "an existing file": (a_file, "is a file"),
         "under a file": (a_file / "out", "which is a file"),
+        "a broken link": (tmp_path / "dangling", "broken symbolic link"),
         "the scrape": (scrape, "the input folder"),
         "inside the scrape": (scrape / "ann" / "run", "lies inside the input folder"),
     }
@@ -579,7 +581,7 @@ def out_check_cases(tmp_path: Path) -> list[tuple[str, list[str], str]]:
             "classify": ["classify", str(model), str(scrape), "--out", str(out)],
             "evaluate": ["evaluate", str(model), str(scrape), "--out", str(out)],
         }
-        if what in ("an existing file", "under a file"):
+        if what in ("an existing file", "under a file", "a broken link"):
             commands["demo"] = ["demo", "--out", str(out), *weights]
             commands["report"] = ["report", str(out)]
         else:
@@ -598,7 +600,10 @@ def test_every_command_refuses_an_unusable_out_in_one_line_and_leaves_nothing(tm
         if argv[0] != "report":  # report names no --out: its folder is not a folder
             assert expected in error, (what, error)
         assert tree_state(tmp_path) == before, what  # no folder, lock or manifest left behind
-    assert len(cases) >= 28
+    assert len(cases) >= 36
+    # a folder that cannot be made at all (not even by root): one line too
+    error = one_line_error(capsys, ["ingest", str(tmp_path / "scrape"), "--out", "/proc/facecls-out"])
+    assert "cannot create this output folder" in error
 
 
 # ---------------------------------------------------------------- every field of a model dir, checked up front
