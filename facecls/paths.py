@@ -17,8 +17,9 @@ from facecls.errors import FaceclsError
 # Room for a suffix such as "-12.png" within the 255 bytes most file systems allow in a name.
 MAX_NAME_BYTES = 200
 FILE_NAME_BYTES = 255
-# Names classify gives its own folders beside the label folders, and the label of strangers.
-RESERVED_PERSON_NAMES = ("unknown", "no_face", "unreadable", "annotated", "report_files")
+# Names classify gives its own folders and files beside the label folders, and the label of strangers.
+RESERVED_PERSON_NAMES = ("unknown", "no_face", "unreadable", "annotated", "report_files", "predictions.csv",
+                         "predictions.jsonl", "classify.json", "report.html")  # fmt: skip
 
 
 def is_valid_utf8(name: str) -> bool:

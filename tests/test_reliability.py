@@ -693,3 +693,13 @@ def test_quiet_silences_the_libraries_warnings(tmp_path, recwarn):
     assert main(["--quiet", "ingest", str(scrape), "--out", str(tmp_path / "quiet")]) == 0
     assert pillow_warnings() == []
     assert os.environ.get("PYTHONWARNINGS") != "ignore"  # only for that command and its worker processes
+
+
+def test_reserved_person_names_cover_every_name_classify_writes_beside_the_label_folders():
+    from facecls import classify, report
+    from facecls.paths import RESERVED_PERSON_NAMES, person_name_problem
+
+    written = {classify.UNKNOWN, classify.NO_FACE, classify.UNREADABLE, classify.ANNOTATED_FOLDER, classify.PREDICTIONS_CSV,
+               classify.PREDICTIONS_JSONL, classify.SUMMARY_NAME, report.REPORT_NAME, report.FILES_FOLDER}  # fmt: skip
+    assert written <= set(RESERVED_PERSON_NAMES)
+    assert all(person_name_problem(name.upper()) for name in written)  # case-insensitive file systems too
