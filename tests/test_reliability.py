@@ -703,3 +703,14 @@ def test_reserved_person_names_cover_every_name_classify_writes_beside_the_label
                classify.PREDICTIONS_JSONL, classify.SUMMARY_NAME, report.REPORT_NAME, report.FILES_FOLDER}  # fmt: skip
     assert written <= set(RESERVED_PERSON_NAMES)
     assert all(person_name_problem(name.upper()) for name in written)  # case-insensitive file systems too
+
+
+def test_a_file_where_a_label_folder_goes_is_one_line_and_is_left_alone(model, tmp_path, capsys):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    shutil.copy2(HARD / "no_face" / "rocket.jpg", photos)
+    out.mkdir()
+    (out / "no_face").write_bytes(b"the user's own file")
+    error = one_line_error(capsys, ["classify", str(model[0]), str(photos), "--out", str(out), "--workers", "1"])
+    assert "no_face is a file" in error
+    assert (out / "no_face").read_bytes() == b"the user's own file" and (photos / "rocket.jpg").is_file()
