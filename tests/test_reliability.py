@@ -187,8 +187,8 @@ def test_a_file_deleted_mid_classify_is_unreadable_and_never_sorted(model, tmp_p
     victim = sorted(photos.iterdir())[1]
     real = classify_module._sha256_or_empty
 
-    def hash_then_delete(path):
-        digest = real(path)
+    def hash_then_delete(path, max_bytes):
+        digest = real(path, max_bytes)
         if path == str(victim):
             victim.unlink()  # listed and hashed, gone before it is decoded
         return digest
