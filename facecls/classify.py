@@ -610,6 +610,16 @@ class _Sorter:
             candidate = folder / fit_file_name(stem, f"-{number}{suffix}")
         return candidate
 
+    def check_folders(self, folders: Sequence[str]) -> None:
+        """Fail before any work if something other than a folder sits where a label folder goes."""
+        for folder in folders:
+            folder_path = path_under(self.out_dir, folder)
+            if os.path.lexists(folder_path) and not folder_path.is_dir():
+                raise FaceclsError(
+                    f"{folder_path} is a file, where classify sorts photos into a folder of that name. "
+                    "Move it away or choose another --out, and rerun the same command."
+                )
+
     def plan(self, source: str, sha256: str, folders: Sequence[str]) -> list[Path]:
         """Free destination names, one per folder, recorded in the journal before anything is placed."""
         taken: set[Path] = set()
@@ -908,6 +918,8 @@ def classify(
                 )
             done, old_rows = _repair_outputs(out_dir, columns)
             sorter = _Sorter(out_dir, sort) if sort != "none" else None
+            if sorter is not None:
+                sorter.check_folders([*classifier.labels, UNKNOWN, NO_FACE])
             recovery = _Sorter(out_dir, sort if sorter is not None else "copy")
             if sorter is not None or (out_dir / JOURNAL_NAME).exists():
                 recovery.recover(done)

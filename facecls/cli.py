@@ -711,12 +711,16 @@ def main(argv: list[str] | None = None) -> int:
         print("facecls: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM) or args.debug:
             raise
         _remove_if_nothing_written(created)
-        where = f" while writing {error.filename}" if error.filename else ""
-        print(f"facecls: error: no space left on the device{where}. Free some space and rerun the same command: "
-              "finished work is reused.", file=sys.stderr)  # fmt: skip
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" while writing {error.filename}" if error.filename else ""
+            print(f"facecls: error: no space left on the device{where}. Free some space and rerun the same command: "
+                  "finished work is reused.", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"facecls: error: {error.filename or 'an output'}: {error.strerror}. Choose an output folder you can "
+                  "write to, or fix its permissions, and rerun the same command.", file=sys.stderr)  # fmt: skip
         return 1
     finally:
         if args.quiet and progress_setting is None:

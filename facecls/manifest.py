@@ -184,7 +184,12 @@ def output_lock(folder: Path) -> Iterator[None]:
     so ``run`` can hold its run folder while the stages it calls lock it again.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FaceclsError(
+            f"{folder}: cannot create this output folder ({error.strerror or error}). Choose a folder you can write to."
+        ) from None
     lock_path = folder / LOCK_NAME
     key = str(lock_path.resolve())
     if key in _held_locks:

@@ -17,8 +17,9 @@ from facecls.errors import FaceclsError
 # Room for a suffix such as "-12.png" within the 255 bytes most file systems allow in a name.
 MAX_NAME_BYTES = 200
 FILE_NAME_BYTES = 255
-# Names classify gives its own folders beside the label folders, and the label of strangers.
-RESERVED_PERSON_NAMES = ("unknown", "no_face", "unreadable", "annotated", "report_files")
+# Names classify gives its own folders and files beside the label folders, and the label of strangers.
+RESERVED_PERSON_NAMES = ("unknown", "no_face", "unreadable", "annotated", "report_files", "predictions.csv",
+                         "predictions.jsonl", "classify.json", "report.html")  # fmt: skip
 
 
 def is_valid_utf8(name: str) -> bool:
@@ -87,10 +88,14 @@ def check_output_folder(out: Path, inputs: Sequence[Path] = (), option: str = "-
         FaceclsError: naming the option, the path, and what to choose instead.
     """
     out = Path(out)
+    if os.path.islink(out) and not out.exists():
+        raise FaceclsError(f"{option} {out} is a broken symbolic link. Choose another path, or fix the link.")
     if out.exists() and not out.is_dir():
         raise FaceclsError(f"{option} {out} is a file; it must be a folder (new or existing). Choose another path.")
     for parent in Path(os.path.abspath(out)).parents:
         if os.path.lexists(parent):
+            if not parent.exists():
+                raise FaceclsError(f"{option} {out} lies under {parent}, a broken symbolic link. Choose another path.")
             if not parent.is_dir():
                 raise FaceclsError(f"{option} {out} lies under {parent}, which is a file, not a folder. Choose another path.")
             break

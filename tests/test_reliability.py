@@ -561,12 +561,14 @@ def out_check_cases(tmp_path: Path) -> list[tuple[str, list[str], str]]:
         shutil.copy2(HARD / "no_face" / "rocket.jpg", scrape / person / "a.jpg")
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     model = tmp_path / "model"  # never read: the --out check comes first
     model.mkdir()
     weights = ["--weights", str(WEIGHTS_035_H5)]
     outs = {
         "an existing file": (a_file, "is a file"),
         "under a file": (a_file / "out", "which is a file"),
+        "a broken link": (tmp_path / "dangling", "broken symbolic link"),
         "the scrape": (scrape, "the input folder"),
         "inside the scrape": (scrape / "ann" / "run", "lies inside the input folder"),
     }
@@ -580,7 +582,7 @@ def out_check_cases(tmp_path: Path) -> list[tuple[str, list[str], str]]:
             "classify": ["classify", str(model), str(scrape), "--out", str(out)],
             "evaluate": ["evaluate", str(model), str(scrape), "--out", str(out)],
         }
-        if what in ("an existing file", "under a file"):
+        if what in ("an existing file", "under a file", "a broken link"):
             commands["demo"] = ["demo", "--out", str(out), *weights]
             commands["report"] = ["report", str(out)]
         else:
@@ -599,7 +601,10 @@ def test_every_command_refuses_an_unusable_out_in_one_line_and_leaves_nothing(tm
         if argv[0] != "report":  # report names no --out: its folder is not a folder
             assert expected in error, (what, error)
         assert tree_state(tmp_path) == before, what  # no folder, lock or manifest left behind
-    assert len(cases) >= 28
+    assert len(cases) >= 36
+    # a folder that cannot be made at all (not even by root): one line too
+    error = one_line_error(capsys, ["ingest", str(tmp_path / "scrape"), "--out", "/proc/facecls-out"])
+    assert "cannot create this output folder" in error
 
 
 # ---------------------------------------------------------------- every field of a model dir, checked up front
@@ -689,3 +694,24 @@ def test_quiet_silences_the_libraries_warnings(tmp_path, recwarn):
     assert main(["--quiet", "ingest", str(scrape), "--out", str(tmp_path / "quiet")]) == 0
     assert pillow_warnings() == []
     assert os.environ.get("PYTHONWARNINGS") != "ignore"  # only for that command and its worker processes
+
+
+def test_reserved_person_names_cover_every_name_classify_writes_beside_the_label_folders():
+    from facecls import classify, report
+    from facecls.paths import RESERVED_PERSON_NAMES, person_name_problem
+
+    written = {classify.UNKNOWN, classify.NO_FACE, classify.UNREADABLE, classify.ANNOTATED_FOLDER, classify.PREDICTIONS_CSV,
+               classify.PREDICTIONS_JSONL, classify.SUMMARY_NAME, report.REPORT_NAME, report.FILES_FOLDER}  # fmt: skip
+    assert written <= set(RESERVED_PERSON_NAMES)
+    assert all(person_name_problem(name.upper()) for name in written)  # case-insensitive file systems too
+
+
+def test_a_file_where_a_label_folder_goes_is_one_line_and_is_left_alone(model, tmp_path, capsys):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    shutil.copy2(HARD / "no_face" / "rocket.jpg", photos)
+    out.mkdir()
+    (out / "no_face").write_bytes(b"the user's own file")
+    error = one_line_error(capsys, ["classify", str(model[0]), str(photos), "--out", str(out), "--workers", "1"])
+    assert "no_face is a file" in error
+    assert (out / "no_face").read_bytes() == b"the user's own file" and (photos / "rocket.jpg").is_file()

@@ -115,7 +115,7 @@ def test_rerun_recalibrates_unknown_of_a_model_calibrated_by_an_older_facecls(fi
     # an open-set file of an earlier format: classify would refuse it
     np.savez(model_dir / OPEN_SET_FILE, score=np.array("identity_distance_share"), labels=np.array(labels))
     assert main(argv) == 0
-    assert "reused model" in capsys.readouterr().out
+    assert "model reused" in capsys.readouterr().out
     assert (model_dir / "model.keras").stat().st_mtime_ns == model_mtime  # not retrained
     again = load_open_set(model_dir, labels)
     with np.load(model_dir / OPEN_SET_FILE) as data:
