@@ -43,7 +43,7 @@ from facecls.config import (
 )
 from facecls.errors import FaceclsError
 from facecls.manifest import output_lock, read_json, sha256_file, write_json
-from facecls.paths import check_output_folder
+from facecls.paths import check_output_folder, person_name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,9 @@ def preflight(scrape: Path, settings: RunSettings, model_dir: Path, run_dir: Pat
     check_weights(settings.train)
     files = list_scrape(Path(scrape))
     check_scrape_layout(Path(scrape), files)
-    check_enough_photos(Counter(person for _, person in files if person), "files", settings.curate)
+    # Folders whose names cannot be a person's are not people (ingest gives their files no_person).
+    people = Counter(person for _, person in files if person and not person_name_problem(person))
+    check_enough_photos(people, "files", settings.curate)
 
 
 def check_weights(train_settings: TrainSettings) -> None:

@@ -395,7 +395,7 @@ HOSTILE_PEOPLE = {
 
 def hostile_scrape(scrape: Path, people: tuple[str, ...] = ("alice", "bob")) -> dict[str, Case]:
     """Write the generated corpus into ``scrape``: the file cases in ``people[0]``'s folder,
-    special files in ``people[1]``'s, and a photo in each of ``HOSTILE_PEOPLE``'s folders.
+    special files in ``people[1]``'s, and four photos in each of ``HOSTILE_PEOPLE``'s folders.
 
     Returns relative path -> Case of every entry written; the real photos of ``people`` are the
     caller's to add. Call ``restore_permissions(scrape / people[1])`` before removing it.
@@ -441,10 +441,12 @@ def hostile_scrape(scrape: Path, people: tuple[str, ...] = ("alice", "bob")) -> 
     for person, refused in HOSTILE_PEOPLE.items():
         folder = os.fsencode(scrape) + b"/" + os.fsencode(person)
         os.mkdir(folder)
-        with open(folder + b"/photo.jpg", "wb") as file:
-            file.write(_encoded(_photo(*BASE, next(seeds)), "JPEG"))
         expected = "no_person" if refused else "ok"
-        written[f"{person}/photo.jpg"] = Case("photo.jpg", "person_folder_name", expected, True, refused)
+        # As many photos as a person needs to be split: a run checks that before any work.
+        for name in ("photo.jpg", "photo_2.jpg", "photo_3.jpg", "photo_4.jpg"):
+            with open(folder + b"/" + name.encode(), "wb") as file:
+                file.write(_encoded(_photo(*BASE, next(seeds)), "JPEG"))
+            written[f"{person}/{name}"] = Case(name, "person_folder_name", expected, True, refused)
     os.symlink(people[0], scrape / "linked_person")
     written["linked_person"] = Case("linked_person", "symlinked_person_folder", "no_person", False, "symbolic link")
     (scrape / "stray.jpg").write_bytes(_encoded(_photo(*BASE, next(seeds)), "JPEG"))
