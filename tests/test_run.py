@@ -91,10 +91,13 @@ def test_rerun_reuses_finished_work_and_the_scrape_is_untouched(finished_run, fo
     assert (run_dir / "model" / "model.keras").stat().st_mtime_ns == model_mtime
     # how many of the other people's faces 'unknown' rejects: in the summary and run.json, kept on reuse
     open_set = json.loads((run_dir / "run.json").read_text())["open_set"]
-    others = (run_dir / "crop" / "others.csv").read_text().strip().count("\n")
-    assert open_set["stranger_count"] == others > 0
-    rejected = round(open_set["stranger_rejection"] * others)
-    assert (f"unknown (threshold {open_set['unknown_threshold']:.3f}) rejects {rejected} of {others} "
+    # the other faces of the photos outside the test split: the test split stays unseen
+    test_photos = {item.source_path for item in read_splits(run_dir / "curate" / "splits.csv") if item.split == "test"}
+    others = [record for record in read_crops_manifest(run_dir / "crop" / "others.csv")
+              if record.source_path not in test_photos]
+    assert open_set["stranger_count"] == len(others) > 0
+    rejected = round(open_set["stranger_rejection"] * len(others))
+    assert (f"unknown (threshold {open_set['unknown_threshold']:.3f}) rejects {rejected} of {len(others)} "
             "other people's faces; model reused") in out
     crop_summary = json.loads((run_dir / "crop" / "crop.json").read_text())
     assert crop_summary["reused"] == crop_summary["photos"]
