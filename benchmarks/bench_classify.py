@@ -154,7 +154,7 @@ def run_naive(model_dir: Path, paths: list[Path]) -> float:
     import numpy as np
     from mtcnn import MTCNN
 
-    from facecls.crop import crop_face
+    from facecls.align import crop_face
     from facecls.detect import _from_mtcnn
     from facecls.images import ImageDecodeError, decode_image
     from facecls.modeldir import load_model_dir

@@ -52,20 +52,14 @@ from facecls.crop import FaceCropper, PhotoFaces, default_workers
 from facecls.errors import FaceclsError
 from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
 from facecls.manifest import csv_text, output_lock, read_json, sha256_file, write_json
+from facecls.outputs import ANNOTATED_FOLDER, NO_FACE, PREDICTIONS_CSV, PREDICTIONS_JSONL, SUMMARY_NAME, UNKNOWN, UNREADABLE
 from facecls.paths import check_output_folder, display_name, fit_file_name, is_valid_utf8, path_under
 
 logger = logging.getLogger(__name__)
 
-UNKNOWN = "unknown"
-NO_FACE = "no_face"
-UNREADABLE = "unreadable"
 PHOTO_STATUSES = ("ok", NO_FACE, UNREADABLE)
 SORT_MODES = ("copy", "link", "move", "none")
-PREDICTIONS_CSV = "predictions.csv"
-PREDICTIONS_JSONL = "predictions.jsonl"
-SUMMARY_NAME = "classify.json"
 JOURNAL_NAME = ".facecls-sort-journal.jsonl"
-ANNOTATED_FOLDER = "annotated"
 PARTIAL_PREFIX = ".facecls-partial-"
 PROBABILITY_PREFIX = "p_"
 BASE_COLUMNS = (

@@ -224,8 +224,8 @@ def preprocessing_notes(info) -> dict:
 
 
 def _crop_notes(crop) -> dict:
-    """How facecls.crop.crop_face cuts a face, in words and numbers an app can follow."""
-    from facecls.crop import ALIGNMENT_TEMPLATE_112
+    """How facecls.align.crop_face cuts a face, in words and numbers an app can follow."""
+    from facecls.align import ALIGNMENT_TEMPLATE_112
 
     notes = {"image_size": crop.image_size, "margin": crop.margin, "align": crop.align, "face_policy": crop.face_policy}
     if crop.align:

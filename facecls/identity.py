@@ -271,14 +271,14 @@ def _add_padded(first, second, name: str):
 
 def chip_matrix(detection: "Detection") -> np.ndarray:
     """Photo -> chip similarity putting the MTCNN keypoints on ``CHIP_TEMPLATE``."""
-    from facecls.crop import keypoint_array, similarity_matrix
+    from facecls.align import keypoint_array, similarity_matrix
 
     return similarity_matrix(keypoint_array(detection), CHIP_TEMPLATE)
 
 
 def identity_chip(pixels: np.ndarray, detection: "Detection") -> np.ndarray:
     """The 150x150 RGB chip of one detected face, cut the way dlib cuts its chips."""
-    from facecls.crop import warp_face
+    from facecls.align import warp_face
 
     return warp_face(pixels, chip_matrix(detection), CHIP_SIZE)
 

@@ -868,7 +868,7 @@ def write_classify_report(out_dir: Path) -> Path:
     Raises:
         FaceclsError: ``out_dir`` holds no predictions.csv.
     """
-    from facecls.classify import NO_FACE, PREDICTIONS_CSV, SUMMARY_NAME, UNKNOWN, UNREADABLE
+    from facecls.outputs import NO_FACE, PREDICTIONS_CSV, SUMMARY_NAME, UNKNOWN, UNREADABLE
 
     out_dir = Path(out_dir)
     if not (out_dir / PREDICTIONS_CSV).is_file():
@@ -986,7 +986,7 @@ def _classify_summary(summary, labels, faces, no_face, unreadable, rows) -> str:
 
 def _score_section(labels, faces, summary, threshold) -> str:
     """One chart per label of predictions.csv: its faces' scores, the legend counting its rows."""
-    from facecls.classify import UNKNOWN
+    from facecls.outputs import UNKNOWN
 
     if not faces:
         return '<p class="muted">No faces found.</p>'
@@ -1027,7 +1027,7 @@ def write_report(folder: Path) -> Path:
     Raises:
         FaceclsError: the folder is neither.
     """
-    from facecls.classify import PREDICTIONS_CSV
+    from facecls.outputs import PREDICTIONS_CSV
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facecls.config import CropSettings, DetectSettings
-from facecls.crop import ALIGNMENT_TEMPLATE_112, alignment_matrix, crop_face, keypoint_array, similarity_matrix
+from facecls.align import ALIGNMENT_TEMPLATE_112, alignment_matrix, crop_face, keypoint_array, similarity_matrix
 from facecls.detect import Detection, FaceDetector, Keypoints, Point
 from facecls.images import decode_image
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facecls.align import crop_face, square_box
 from facecls.config import CropSettings, DetectSettings
 from facecls.crop import (
-    FaceCropper, PhotoFaces, chip_path_of, choose_faces, crop, crop_face, faces_in_pixels, read_crops_manifest, square_box,
+    FaceCropper, PhotoFaces, chip_path_of, choose_faces, crop, faces_in_pixels, read_crops_manifest,
 )
 from facecls.detect import Detection, Keypoints, Point, geometry_problem
 from facecls.errors import FaceclsError

@@ -58,7 +58,7 @@ def test_photos_of_one_person_lie_closer_than_photos_of_two(faces, encoder):
 @needs_shared
 def test_chips_put_the_keypoints_where_the_chip_transform_maps_them(faces):
     from facecls.config import DetectSettings
-    from facecls.crop import keypoint_array
+    from facecls.align import keypoint_array
     from facecls.detect import FaceDetector
 
     detector = FaceDetector(DetectSettings())
