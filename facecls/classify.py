@@ -987,12 +987,7 @@ def classify(
             result = ClassifyResult(
                 out_dir=out_dir,
                 predictions_path=out_dir / PREDICTIONS_CSV,
-                photos=counts.photos,
-                faces=counts.faces,
-                label_counts=dict(sorted(counts.labels.items())),
-                unknown=counts.labels.get(UNKNOWN, 0),
-                no_face=counts.statuses.get(NO_FACE, 0),
-                unreadable=counts.statuses.get(UNREADABLE, 0),
+                **counts.result_fields(),
                 skipped=skipped,
                 classified=classified,
                 sorted_files=sorter.placed if sorter is not None else 0,
@@ -1027,3 +1022,14 @@ class _Counts:
         if row.get("label"):
             self.faces += 1
             self.labels[row["label"]] += 1
+
+    def result_fields(self) -> dict:
+        """The ``ClassifyResult`` fields these counts give, for either engine."""
+        return {
+            "photos": self.photos,
+            "faces": self.faces,
+            "label_counts": dict(sorted(self.labels.items())),
+            "unknown": self.labels.get(UNKNOWN, 0),
+            "no_face": self.statuses.get(NO_FACE, 0),
+            "unreadable": self.statuses.get(UNREADABLE, 0),
+        }

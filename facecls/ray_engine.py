@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from facecls.classify import (
-    NO_FACE, PROBABILITY_PREFIX, SUMMARY_NAME, UNKNOWN, UNREADABLE, Classifier, ClassifyResult, PhotoPrediction,
+    PROBABILITY_PREFIX, SUMMARY_NAME, UNREADABLE, Classifier, ClassifyResult, PhotoPrediction,
     _sha256_or_empty, iter_input_files, prediction_columns, prediction_rows,
 )  # fmt: skip
 from facecls.classify import _Counts as classify_counts
@@ -498,12 +498,7 @@ def classify_on_ray(
         result = ClassifyResult(
             out_dir=out_dir,
             predictions_path=folder,
-            photos=counts.photos,
-            faces=counts.faces,
-            label_counts=dict(sorted(counts.labels.items())),
-            unknown=counts.labels.get(UNKNOWN, 0),
-            no_face=counts.statuses.get(NO_FACE, 0),
-            unreadable=counts.statuses.get(UNREADABLE, 0),
+            **counts.result_fields(),
             skipped=skipped,
             classified=classified,
             sorted_files=0,
