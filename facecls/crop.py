@@ -44,13 +44,14 @@ from tqdm import tqdm
 from facecls import images
 from facecls.align import crop_face
 from facecls.config import CropSettings, DetectSettings, IngestSettings, settings_to_dict
-from facecls.detect import Detection, FaceDetector, import_tensorflow_quietly, limit_tensorflow_threads
+from facecls.detect import Detection, FaceDetector, limit_tensorflow_threads
 from facecls.errors import FaceclsError
 from facecls.faces import (
     PAIR_DISTANCE, PhotoCandidates, candidate_confidence, consensus_warnings, filter_faces, person_consensus,
 )
 from facecls.manifest import atomic_write_bytes, field_names, output_lock, read_csv, read_json, write_csv, write_json
 from facecls.paths import check_output_folder, path_under
+from facecls.quiet import import_tensorflow_quietly
 
 logger = logging.getLogger(__name__)
 

@@ -170,23 +170,6 @@ def _inside(face: dict, shape: tuple) -> bool:
     return x + width / 2 < shape[1] and y + height / 2 < shape[0]
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with stderr silenced: it writes start-up lines (absl, oneDNN) before its
-    log level applies, in the middle of progress bars and once per worker process."""
-    import sys
-
-    if "tensorflow" in sys.modules:
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def limit_tensorflow_threads(threads: int) -> None:
     """Pin TensorFlow to ``threads`` cores; call before TensorFlow runs anything."""
     import tensorflow as tf
@@ -233,6 +216,8 @@ class FaceDetector:
 
     def __init__(self, settings: DetectSettings = DetectSettings()):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        from facecls.quiet import import_tensorflow_quietly
+
         import_tensorflow_quietly()
         from mtcnn import MTCNN
 

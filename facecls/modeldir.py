@@ -372,7 +372,7 @@ def load_model_dir(path: Path) -> LoadedModel:
     info = read_model_info(path)
     model_path = model_file(path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from facecls.detect import import_tensorflow_quietly
+    from facecls.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     import keras

@@ -34,6 +34,20 @@ def stderr_descriptor_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+def _start_tensorflow(module) -> None:
+    module.config.list_logical_devices()  # creates the CPU device, which prints the last notice
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow now with descriptor 2 silenced (a worker process, before its progress bars)."""
+    if "tensorflow" in sys.modules:
+        return
+    with stderr_descriptor_silenced():
+        import tensorflow
+
+        _start_tensorflow(tensorflow)
+
+
 class _QuietLoader(importlib.abc.Loader):
     def __init__(self, loader):
         self._loader = loader
@@ -44,7 +58,7 @@ class _QuietLoader(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         with stderr_descriptor_silenced():
             self._loader.exec_module(module)
-            module.config.list_logical_devices()  # creates the CPU device, which prints the last notice
+            _start_tensorflow(module)
 
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):

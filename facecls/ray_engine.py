@@ -255,7 +255,8 @@ class PhotoClassifier:
         import ray
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from facecls.detect import import_tensorflow_quietly, limit_tensorflow_threads
+        from facecls.detect import limit_tensorflow_threads
+        from facecls.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()
         limit_tensorflow_threads(ACTOR_CPUS)
