@@ -73,7 +73,7 @@ class Facecls:
 
     def __init__(self, detect_side: int | None, workers: int | None, first_photo: Path):
         from facecls.config import CropSettings, DetectSettings
-        from facecls.crop import FaceCropper
+        from facecls.faces import FaceCropper
 
         self.settings = DetectSettings() if detect_side is None else DetectSettings(detect_side=detect_side)
         self.cropper = FaceCropper(self.settings, CropSettings(), workers=workers)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from facecls.config import DetectSettings
-    from facecls.crop import default_workers
+    from facecls.faces import default_workers
 
     if not SHARED_DATA.is_dir():
         print(f"bench_crop: {SHARED_DATA} is absent; the benchmark needs the shared photos.", file=sys.stderr)

@@ -26,20 +26,15 @@ by path and content hash), and optionally sorts the photos into ``<out>/<label>/
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
-import shutil
-import signal
 import stat
 import tempfile
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -48,66 +43,23 @@ import numpy as np
 from tqdm import tqdm
 
 from facecls import images
-from facecls.crop import FaceCropper, PhotoFaces, default_workers
 from facecls.errors import FaceclsError
+from facecls.faces import FaceCropper, PhotoFaces, default_workers, workers_for
 from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
-from facecls.manifest import csv_text, output_lock, read_json, sha256_file, write_json
-from facecls.outputs import ANNOTATED_FOLDER, NO_FACE, PREDICTIONS_CSV, PREDICTIONS_JSONL, SUMMARY_NAME, UNKNOWN, UNREADABLE
-from facecls.paths import check_output_folder, display_name, fit_file_name, is_valid_utf8, path_under
+from facecls.manifest import atomic_write_bytes, output_lock, read_json, sha256_file, write_json
+from facecls.outputs import ANNOTATED_FOLDER, NO_FACE, PREDICTIONS_CSV, SUMMARY_NAME, UNKNOWN, UNREADABLE
+from facecls.paths import check_output_folder, display_name, is_valid_utf8
+from facecls.predictions import (
+    FacePrediction, PhotoPrediction, PredictionWriter, RowCounts, prediction_columns, prediction_rows, repair_outputs,
+)
+from facecls.sort import JOURNAL_NAME, SORT_MODES, Sorter
 
 logger = logging.getLogger(__name__)
 
-PHOTO_STATUSES = ("ok", NO_FACE, UNREADABLE)
-SORT_MODES = ("copy", "link", "move", "none")
-JOURNAL_NAME = ".facecls-sort-journal.jsonl"
-PARTIAL_PREFIX = ".facecls-partial-"
-PROBABILITY_PREFIX = "p_"
-BASE_COLUMNS = (
-    "path", "face", "status", "label", "score", "x", "y", "w", "h",
-    "reason", "best_match", "probability", "confidence", "faces", "sha256", "sorted_to",
-)  # fmt: skip
 ANNOTATED_LONGEST_SIDE = 2048
 # Photos are grouped until this many faces wait, then classified in one model call.
 DEFAULT_BATCH_SIZE = 32
-_SYNC_SECONDS = 1.0
-# Testing hook: "step" or "step:N" SIGKILLs this process the N-th time sorting reaches that step.
-KILL_AT_VARIABLE = "FACECLS_KILL_AT"
-SORT_STEPS = ("intent", "write", "fsync", "link", "placed", "commit", "unlink", "done")
-
-
-@dataclass(frozen=True)
-class FacePrediction:
-    """One face of a photo: where it is and who it is."""
-
-    face: int  # index among the photo's classified faces, largest first
-    label: str  # a person of the model, or "unknown"
-    score: float  # compared with the threshold: the open-set score of the label (of the nearest person when
-    # unknown; facecls.openset), or the probability
-    best_match: str  # the classifier's most probable person, even when label is "unknown" or another person
-    probability: float  # softmax probability of best_match
-    x: float  # box in pixels of the EXIF-oriented photo
-    y: float
-    width: float
-    height: float
-    confidence: float  # the face detector's
-    probabilities: dict[str, float] = field(default_factory=dict)  # softmax probability of each person
-
-
-@dataclass(frozen=True)
-class PhotoPrediction:
-    """Everything classify found in one photo."""
-
-    path: str
-    status: str  # ok | no_face | unreadable
-    reason: str  # why no_face or unreadable ("" when ok)
-    width: int
-    height: int
-    faces: tuple[FacePrediction, ...] = ()
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """The distinct people recognised in the photo, in face order (no "unknown")."""
-        return tuple(dict.fromkeys(face.label for face in self.faces if face.label != UNKNOWN))
+PHASES = ("decode", "detect", "crop", "classify")  # timed per photo (PhotoPrediction.seconds)
 
 
 @dataclass(frozen=True)
@@ -128,13 +80,15 @@ class ClassifyResult:
     seconds: float
     photos_per_second: float  # of this run
     kept_sources: tuple[str, ...] = ()  # --sort move, every run into out_dir: files left in place, and why
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # this run's photos, per PHASES step
 
 
 @dataclass(frozen=True)
 class FaceOutputs:
     """The networks' outputs for the classified faces of one photo (its crops and chips already dropped)."""
 
-    photo: PhotoFaces
+    photo: PhotoFaces  # without its faces (pixels stay in the process that cut them)
+    detections: tuple  # the Detection of each classified face
     probabilities: np.ndarray  # [faces, C] softmax over the model's labels
     identities: np.ndarray | None  # [faces, D] identity descriptors, the open-set model's input (None: no open set)
 
@@ -206,18 +160,22 @@ class FaceModel:
     def __call__(self, photos: list[PhotoFaces]) -> list[FaceOutputs]:
         from facecls.identity import CHIP_SIZE
 
+        started = time.perf_counter()
         size = self.load().input_shape[1]
-        crops = [crop for photo in photos for crop in photo.crops]
-        chips = [chip for photo in photos for chip in photo.chips]
+        faces = [photo.chosen for photo in photos]
+        crops = [face.crop for chosen in faces for face in chosen]
+        chips = [face.chip for chosen in faces for face in chosen]
         probabilities, identities = self.outputs(
             np.stack(crops) if crops else np.zeros((0, size, size, 3), np.float32),
             np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.float32),
         )
+        per_face = (time.perf_counter() - started) / max(1, len(crops))
         results, start = [], 0
-        for photo in photos:
-            end = start + len(photo.crops)
-            bare = dataclasses.replace(photo, crops=(), other_crops=(), chips=(), other_chips=())
-            results.append(FaceOutputs(bare, probabilities[start:end], None if identities is None else identities[start:end]))
+        for photo, chosen in zip(photos, faces):
+            end = start + len(chosen)
+            bare = dataclasses.replace(photo, faces=(), seconds={**photo.seconds, "classify": per_face * len(chosen)})
+            results.append(FaceOutputs(bare, tuple(face.detection for face in chosen), probabilities[start:end],
+                                       None if identities is None else identities[start:end]))  # fmt: skip
             start = end
         return results
 
@@ -322,9 +280,8 @@ class Classifier:
         photo = outputs.photo
         faces = []
         labelled = self.label_outputs(outputs.probabilities, outputs.identities)
-        for number, (index, (label, score, best)) in enumerate(zip(photo.chosen, labelled)):
+        for number, (detection, (label, score, best)) in enumerate(zip(outputs.detections, labelled)):
             probabilities = outputs.probabilities[number]
-            detection = photo.detections[index]
             faces.append(
                 FacePrediction(
                     face=number,
@@ -346,7 +303,8 @@ class Classifier:
             status, reason = "ok", ""
         else:
             status, reason = NO_FACE, photo.reason or "no face found"
-        return PhotoPrediction(photo.path, status, reason, photo.width, photo.height, tuple(faces))
+        seconds = {phase: round(photo.seconds.get(phase, 0.0), 6) for phase in PHASES}
+        return PhotoPrediction(photo.path, status, reason, photo.width, photo.height, tuple(faces), seconds)
 
     def classify_array(self, pixels: np.ndarray, name: str = "<array>") -> list[FacePrediction]:
         """The faces of one decoded photo (RGB uint8, H x W x 3), largest first; [] when none."""
@@ -402,388 +360,6 @@ class Classifier:
 # ---------------------------------------------------------------- the batch stage
 
 
-def prediction_columns(labels: Sequence[str]) -> list[str]:
-    """Columns of predictions.csv: the fixed ones, then one probability column per person."""
-    return list(BASE_COLUMNS) + [PROBABILITY_PREFIX + label for label in labels]
-
-
-def prediction_rows(
-    photo: PhotoPrediction, sha256: str, labels: Sequence[str], sorted_to: Sequence[str] = ()
-) -> list[dict]:
-    """The rows of one photo: one per face, or one row saying no_face / unreadable.
-
-    ``sorted_to`` lists where the photo was sorted, relative to the output folder.
-    """
-    empty_probabilities = {PROBABILITY_PREFIX + label: None for label in labels}
-    sorted_cell = list(sorted_to) or None
-    if not photo.faces:
-        row = dict.fromkeys(BASE_COLUMNS)
-        row.update(path=photo.path, status=photo.status, reason=photo.reason, faces=0, sha256=sha256,
-                   sorted_to=sorted_cell)  # fmt: skip
-        return [{**row, **empty_probabilities}]
-    rows = []
-    for face in photo.faces:
-        row = {
-            "path": photo.path,
-            "face": face.face,
-            "status": photo.status,
-            "label": face.label,
-            "score": face.score,
-            "x": face.x,
-            "y": face.y,
-            "w": face.width,
-            "h": face.height,
-            "reason": "",
-            "best_match": face.best_match,
-            "probability": face.probability,
-            "confidence": face.confidence,
-            "faces": len(photo.faces),
-            "sha256": sha256,
-            "sorted_to": sorted_cell,
-        }
-        row.update({PROBABILITY_PREFIX + label: face.probabilities.get(label) for label in labels})
-        rows.append(row)
-    return rows
-
-
-def _csv_bytes(rows: list[dict], columns: list[str], header: bool = False) -> bytes:
-    return csv_text(rows, columns, header=header).encode("utf-8")
-
-
-def _jsonl_bytes(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _whole_lines(path: Path) -> bytes:
-    """The file's content up to its last newline (a killed run may have left half a line)."""
-    if not path.exists():
-        return b""
-    data = path.read_bytes()
-    return data[: data.rfind(b"\n") + 1]
-
-
-def _repair_outputs(out_dir: Path, columns: list[str]) -> tuple[set[tuple[str, str]], list[dict]]:
-    """Drop half-written lines and incomplete photos; returns (done keys, rows) of complete photos.
-
-    A photo counts once all its rows are in predictions.csv (the commit point);
-    predictions.jsonl is written just before it and trimmed to the same photos.
-    """
-    csv_path, jsonl_path = out_dir / PREDICTIONS_CSV, out_dir / PREDICTIONS_JSONL
-    data = _whole_lines(csv_path)
-    header = _csv_bytes([], columns, header=True)
-    if not data:
-        rows: list[dict] = []
-    else:
-        reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
-        if reader.fieldnames != columns:
-            raise FaceclsError(
-                f"{csv_path} has the columns of another model ({', '.join(reader.fieldnames or [])}). "
-                "Choose another --out folder, or delete it to start over."
-            )
-        rows = list(reader)
-    by_key: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        by_key.setdefault((row["path"], row["sha256"]), []).append(row)
-    complete = {key: photo_rows for key, photo_rows in by_key.items() if len(photo_rows) == max(1, int(photo_rows[0]["faces"] or 0))}
-    kept_rows = [row for key, photo_rows in complete.items() for row in photo_rows]
-    if len(kept_rows) != len(rows) or data != (csv_path.read_bytes() if csv_path.exists() else b"") or not data:
-        _atomic_replace(csv_path, header + (_csv_bytes(kept_rows, columns) if kept_rows else b""))
-    seen: set[tuple[str, str, str]] = set()
-    lines = []
-    for line in _whole_lines(jsonl_path).splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-            key = (record["path"], record["sha256"])
-            face = str(record["face"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if key in complete and (key + (face,)) not in seen:
-            seen.add(key + (face,))
-            lines.append(line)
-    content = b"".join(lines)
-    if not jsonl_path.exists() or jsonl_path.read_bytes() != content:
-        _atomic_replace(jsonl_path, content)
-    return set(complete), kept_rows
-
-
-def _atomic_replace(path: Path, data: bytes) -> None:
-    from facecls.manifest import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
-
-
-class _Outputs:
-    """Appends a photo's rows to predictions.jsonl, then predictions.csv, each in one write."""
-
-    def __init__(self, out_dir: Path, columns: list[str]):
-        self.columns = columns
-        self._jsonl = open(out_dir / PREDICTIONS_JSONL, "ab")
-        self._csv = open(out_dir / PREDICTIONS_CSV, "ab")
-        self._synced = time.monotonic()
-
-    def append(self, rows: list[dict], durable: bool) -> None:
-        for file, data in ((self._jsonl, _jsonl_bytes(rows)), (self._csv, _csv_bytes(rows, self.columns))):
-            os.write(file.fileno(), data)  # one write per photo: a kill leaves whole photos or a partial last line
-        if durable or time.monotonic() - self._synced > _SYNC_SECONDS:
-            self.sync()
-
-    def sync(self) -> None:
-        for file in (self._jsonl, self._csv):
-            os.fsync(file.fileno())
-        self._synced = time.monotonic()
-
-    def close(self) -> None:
-        self.sync()
-        self._jsonl.close()
-        self._csv.close()
-
-
-# ---------------------------------------------------------------- sorting
-
-
-_kill_counts: Counter = Counter()
-
-
-def _kill_point(step: str) -> None:
-    """SIGKILL this process at a sorting step when ``FACECLS_KILL_AT`` asks for it (fault-injection tests)."""
-    wanted = os.environ.get(KILL_AT_VARIABLE)
-    if not wanted:
-        return
-    name, _, count = wanted.partition(":")
-    if name == step:
-        _kill_counts[step] += 1
-        if _kill_counts[step] == int(count or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-class _Sorter:
-    """Places photos into ``<out>/<label>/`` without ever overwriting, with a journal.
-
-    For each photo: the journal records the destinations, the files are placed (copy: a temp
-    file, fsynced, linked to a free name; link: a hard link, or a symbolic link across file
-    systems), the predictions are committed, then for ``move`` the source is removed if it
-    still holds the photo, and the journal records that the photo is done. ``recover``
-    finishes or rolls back an interrupted photo, checking content before removing anything.
-    """
-
-    def __init__(self, out_dir: Path, mode: str):
-        self.out_dir = out_dir
-        self.mode = mode
-        self.journal_path = out_dir / JOURNAL_NAME
-        self._journal = None
-        self.placed = 0
-        self.kept: list[str] = []  # why sources were left in place
-
-    def _log(self, entry: dict, durable: bool) -> None:
-        if self._journal is None:
-            self._journal = open(self.journal_path, "ab")
-        os.write(self._journal.fileno(), (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
-        if durable:
-            os.fsync(self._journal.fileno())
-
-    def close(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-
-    def _free_name(self, folder: Path, name: str, taken: set[Path]) -> Path:
-        stem, suffix = os.path.splitext(name)
-        if stem == "" or name.startswith("."):
-            stem, suffix = name, ""
-        candidate, number = folder / name, 0
-        while candidate.exists() or candidate.is_symlink() or candidate in taken:
-            number += 1
-            candidate = folder / fit_file_name(stem, f"-{number}{suffix}")
-        return candidate
-
-    def check_folders(self, folders: Sequence[str]) -> None:
-        """Fail before any work if something other than a folder sits where a label folder goes."""
-        for folder in folders:
-            folder_path = path_under(self.out_dir, folder)
-            if os.path.lexists(folder_path) and not folder_path.is_dir():
-                raise FaceclsError(
-                    f"{folder_path} is a file, where classify sorts photos into a folder of that name. "
-                    "Move it away or choose another --out, and rerun the same command."
-                )
-
-    def plan(self, source: str, sha256: str, folders: Sequence[str]) -> list[Path]:
-        """Free destination names, one per folder, recorded in the journal before anything is placed."""
-        taken: set[Path] = set()
-        destinations = []
-        for folder in folders:
-            destination = self._free_name(path_under(self.out_dir, folder), Path(source).name, taken)
-            taken.add(destination)
-            destinations.append(destination)
-        self._log(
-            {"op": "intent", "source": source, "sha256": sha256, "mode": self.mode,
-             "destinations": [str(path.relative_to(self.out_dir)) for path in destinations]},
-            durable=self.mode == "move",
-        )  # fmt: skip
-        _kill_point("intent")
-        return destinations
-
-    def place(self, source: str, destinations: list[Path]) -> list[Path]:
-        """Put the photo at each destination (or the next free name if one was taken meanwhile)."""
-        placed = []
-        for destination in destinations:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            while True:
-                try:
-                    self._place_one(Path(source), destination)
-                    break
-                except FileExistsError:
-                    destination = self._free_name(destination.parent, Path(source).name, set(placed))
-                    self._log({"op": "renamed", "source": source, "destination": str(destination.relative_to(self.out_dir))}, True)
-            placed.append(destination)
-            self.placed += 1
-        if self.mode == "move":
-            for folder in {path.parent for path in placed}:
-                _fsync_folder(folder)
-        _kill_point("placed")
-        return placed
-
-    def _place_one(self, source: Path, destination: Path) -> None:
-        if self.mode == "link":
-            try:
-                os.link(source, destination)
-            except FileExistsError:
-                raise
-            except OSError:  # another file system, or links not supported: a symbolic link
-                os.symlink(os.path.abspath(source), destination)
-            return
-        handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=PARTIAL_PREFIX)
-        try:
-            with os.fdopen(handle, "wb") as target, open(source, "rb") as origin:
-                shutil.copyfileobj(origin, target, 1 << 20)
-                target.flush()
-                _kill_point("write")
-                if self.mode == "move":
-                    os.fsync(target.fileno())
-                    _kill_point("fsync")
-            shutil.copystat(source, temporary)
-            try:
-                os.link(temporary, destination)  # fails if the name exists: never overwrites
-            except FileExistsError:
-                raise
-            except OSError:  # no hard links on this file system
-                if destination.exists():
-                    raise FileExistsError(destination) from None
-                os.rename(temporary, destination)
-            _kill_point("link")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-
-    def committed(self) -> None:
-        _kill_point("commit")
-
-    def _remove_source(self, source: str, sha256: str) -> None:
-        """Unlink a moved photo's source, unless it no longer holds the photo (then keep it and say so)."""
-        try:
-            current = sha256_file(Path(source))
-        except FileNotFoundError:
-            return  # already gone
-        except OSError as error:
-            current = f"unreadable ({error.strerror or error})"
-        if current != sha256:
-            reason = (
-                f"{source}: kept, its content changed after it was classified (its sorted copy holds the photo "
-                "that was classified; rerun to classify the new content)"
-            )
-            logger.warning("%s", reason)
-            self.kept.append(reason)
-            return
-        os.unlink(source)
-        _fsync_folder(Path(source).parent)
-        _kill_point("unlink")
-
-    def finish(self, source: str, sha256: str, placed: list[Path]) -> None:
-        """After the predictions are committed: remove a moved source, mark the photo done."""
-        if self.mode == "move":
-            if not all(path.exists() for path in placed):
-                raise FaceclsError(f"{source}: a sorted copy vanished before the move finished; the source is kept.")
-            self._remove_source(source, sha256)
-        self._log({"op": "done", "source": source, "sha256": sha256}, durable=False)
-        _kill_point("done")
-
-    def recover(self, committed: set[tuple[str, str]]) -> None:
-        """Finish or roll back photos an interrupted run left half sorted; then start a new journal.
-
-        Nothing is removed without checking its content: a sorted copy only if it holds the photo
-        and the source still does too, a source only if it still holds the photo that was sorted.
-        """
-        for partial in self.out_dir.glob(f"*/{PARTIAL_PREFIX}*"):
-            partial.unlink()
-        pending: dict[tuple[str, str], dict] = {}
-        for line in _whole_lines(self.journal_path).splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("op") == "intent":
-                pending[(entry["source"], entry["sha256"])] = {**entry, "destinations": list(entry["destinations"])}
-            elif entry.get("op") == "renamed":
-                for key, intent in pending.items():
-                    if key[0] == entry["source"]:
-                        intent["destinations"].append(entry["destination"])
-            elif entry.get("op") == "done":
-                pending.pop((entry["source"], entry["sha256"]), None)
-        for (source, sha256), intent in pending.items():
-            destinations = [path_under(self.out_dir, name) for name in intent["destinations"]]
-            ours = [path for path in destinations if _holds(path, source, sha256)]
-            source_holds = _has_content(Path(source), sha256)
-            if (source, sha256) in committed:
-                # Predictions are in: make sure the photo sits in every folder, then finish a move.
-                folders = {path.parent for path in ours}
-                missing = [path for path in destinations[: len(set(intent["destinations"]))] if path.parent not in folders]
-                if missing and source_holds:
-                    saved_mode, self.mode = self.mode, intent["mode"]
-                    self.place(source, missing)
-                    self.mode = saved_mode
-                    ours += missing
-                if intent["mode"] == "move" and os.path.lexists(source) and ours and all(path.exists() for path in ours):
-                    logger.info("Finishing the interrupted move of %s", source)
-                    self._remove_source(source, sha256)
-            else:
-                # Not committed: the photo is classified again from its source, so remove what was
-                # placed for it, unless the source no longer holds it: then the copy is the only one.
-                for path in ours:
-                    if source_holds or intent["mode"] != "move":
-                        path.unlink()
-                    else:
-                        reason = (
-                            f"{path}: kept, the only copy of {source} (it changed or vanished while being sorted); "
-                            "it has no prediction row"
-                        )
-                        logger.warning("%s", reason)
-                        self.kept.append(reason)
-        self.close()
-        if self.journal_path.exists():
-            _atomic_replace(self.journal_path, b"")
-
-
-def _has_content(path: Path, sha256: str) -> bool:
-    try:
-        return path.is_file() and sha256_file(path) == sha256
-    except OSError:
-        return False
-
-
-def _holds(path: Path, source: str, sha256: str) -> bool:
-    """Whether ``path`` is a copy or link of the photo (by content), so it is ours to remove."""
-    if path.is_symlink():
-        return os.readlink(path) == os.path.abspath(source)
-    return _has_content(path, sha256)
-
-
 # ---------------------------------------------------------------- inputs
 
 
@@ -813,7 +389,7 @@ def iter_input_files(inputs: Sequence[Path]) -> Iterator[str]:
                 yield os.path.join(root, name)
 
 
-def _sha256_or_empty(path: str, max_bytes: int) -> str:
+def sha256_or_empty(path: str, max_bytes: int) -> str:
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
@@ -845,7 +421,7 @@ def _annotate(photo: PhotoPrediction, sha256: str, out_dir: Path) -> None:
     stem = "".join(character if character.isalnum() or character in "._-" else "_" for character in Path(photo.path).stem)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
-    _atomic_replace(out_dir / ANNOTATED_FOLDER / f"{stem[:60] or 'photo'}-{sha256[:8]}.jpg", buffer.getvalue())
+    atomic_write_bytes(out_dir / ANNOTATED_FOLDER / f"{stem[:60] or 'photo'}-{sha256[:8]}.jpg", buffer.getvalue())
 
 
 def _folders_for(photo: PhotoPrediction) -> list[str]:
@@ -897,8 +473,7 @@ def classify(
     out_dir = Path(out_dir)
     check_output_folder(out_dir, inputs)
     total = sum(1 for _ in iter_input_files(inputs))
-    if workers is None:
-        workers = 1 if total < 24 else default_workers()
+    workers = workers_for(total, workers)
     with output_lock(out_dir):
         with Classifier(model_dir, unknown_threshold, workers, batch_size) as classifier:
             columns = prediction_columns(classifier.labels)
@@ -910,11 +485,11 @@ def classify(
                     f"{out_dir} holds predictions of another model or threshold ({previous.get('model_dir')}). "
                     "Choose another --out folder, or delete it to start over."
                 )
-            done, old_rows = _repair_outputs(out_dir, columns)
-            sorter = _Sorter(out_dir, sort) if sort != "none" else None
+            done, old_rows = repair_outputs(out_dir, columns)
+            sorter = Sorter(out_dir, sort) if sort != "none" else None
             if sorter is not None:
                 sorter.check_folders([*classifier.labels, UNKNOWN, NO_FACE])
-            recovery = _Sorter(out_dir, sort if sorter is not None else "copy")
+            recovery = Sorter(out_dir, sort if sorter is not None else "copy")
             if sorter is not None or (out_dir / JOURNAL_NAME).exists():
                 recovery.recover(done)
             base_summary = {
@@ -930,7 +505,7 @@ def classify(
             kept = [str(note) for note in earlier_kept] if isinstance(earlier_kept, list) else []
             kept += recovery.kept
             write_json(summary_path, {**base_summary, "state": "running", "kept_sources": kept})
-            counts = _Counts()
+            counts = RowCounts()
             for row in old_rows:
                 counts.add_row(row)
             skipped = 0
@@ -941,7 +516,7 @@ def classify(
             def todo() -> Iterator[str]:
                 nonlocal skipped
                 for path in iter_input_files(inputs):
-                    key = (display_name(path), _sha256_or_empty(path, max_bytes))
+                    key = (display_name(path), sha256_or_empty(path, max_bytes))
                     if key in seen:
                         skipped += 1
                         progress.update(1)
@@ -950,8 +525,9 @@ def classify(
                     submitted.append(key)
                     yield path
 
-            outputs = _Outputs(out_dir, columns)
+            outputs = PredictionWriter(out_dir, columns)
             classified = 0
+            phase_seconds = dict.fromkeys(PHASES, 0.0)
             run_started = time.perf_counter()
             progress = tqdm(total=total, desc="classify", unit="photo")
             try:
@@ -975,6 +551,8 @@ def classify(
                         _annotate(photo, sha256, out_dir)
                     for row in rows:
                         counts.add_row(row)
+                    for phase in PHASES:
+                        phase_seconds[phase] += photo.seconds.get(phase, 0.0)
                     classified += 1
                     progress.update(1)
             finally:
@@ -994,6 +572,7 @@ def classify(
                 seconds=round(seconds, 2),
                 photos_per_second=round(rate, 2),
                 kept_sources=tuple(kept + (sorter.kept if sorter is not None else [])),
+                phase_seconds={phase: round(value, 3) for phase, value in phase_seconds.items()},
             )
             summary = {**base_summary, "state": "finished"}
             summary.update(
@@ -1005,31 +584,3 @@ def classify(
 
         write_classify_report(out_dir)
     return result
-
-
-class _Counts:
-    def __init__(self):
-        self.photos = 0
-        self.faces = 0
-        self.labels: Counter = Counter()
-        self.statuses: Counter = Counter()
-
-    def add_row(self, row: dict) -> None:
-        face = row.get("face")
-        if face in (None, "") or str(face) == "0":
-            self.photos += 1
-            self.statuses[row["status"]] += 1
-        if row.get("label"):
-            self.faces += 1
-            self.labels[row["label"]] += 1
-
-    def result_fields(self) -> dict:
-        """The ``ClassifyResult`` fields these counts give, for either engine."""
-        return {
-            "photos": self.photos,
-            "faces": self.faces,
-            "label_counts": dict(sorted(self.labels.items())),
-            "unknown": self.labels.get(UNKNOWN, 0),
-            "no_face": self.statuses.get(NO_FACE, 0),
-            "unreadable": self.statuses.get(UNREADABLE, 0),
-        }

@@ -9,7 +9,6 @@ boxes and keypoints are mapped back to full-resolution coordinates.
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
@@ -172,7 +171,9 @@ def _inside(face: dict, shape: tuple) -> bool:
 
 def limit_tensorflow_threads(threads: int) -> None:
     """Pin TensorFlow to ``threads`` cores; call before TensorFlow runs anything."""
-    import tensorflow as tf
+    from facecls.quiet import import_tensorflow_quietly
+
+    tf = import_tensorflow_quietly()
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -215,7 +216,6 @@ class FaceDetector:
     """MTCNN built once; detects faces in RGB uint8 photos of any size."""
 
     def __init__(self, settings: DetectSettings = DetectSettings()):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from facecls.quiet import import_tensorflow_quietly
 
         import_tensorflow_quietly()

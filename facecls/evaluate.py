@@ -268,7 +268,7 @@ def crops_from_labelled_folder(loaded: LoadedModel, folder: Path, workers: int |
     Raises:
         FaceclsError: the folder is missing, or names people the model does not know.
     """
-    from facecls.crop import FaceCropper
+    from facecls.faces import FaceCropper
     from facecls.ingest import list_scrape
 
     folder = Path(folder)
@@ -285,10 +285,10 @@ def crops_from_labelled_folder(loaded: LoadedModel, folder: Path, workers: int |
     pixels, labels, identifiers, without_face = [], [], [], []
     with FaceCropper(loaded.info.detect_settings, loaded.info.crop_settings, workers=workers) as cropper:
         for faces in cropper.faces_in_files(person_of):
-            if not faces.crops:
+            if not faces.chosen:
                 without_face.append((faces.path, faces.status, faces.reason))
                 continue
-            pixels.append(faces.crops[0])
+            pixels.append(faces.chosen[0].crop)
             labels.append(person_of[faces.path])
             identifiers.append(faces.path)
     crops = (

@@ -1,53 +1,61 @@
-"""Which detected faces are used: the one face filter crop and classify share, and the identity
-consensus that picks the face of each training photo.
+"""From a photo to its faces: detect, filter, choose and cut out, the one path crop, evaluate and classify share.
 
-``filter_faces`` keeps the detections that can be faces: confident enough, large enough, with
-keypoints in a face's shape (``facecls.detect.geometry_problem``). Classify names every face it
-keeps at ``min_confidence``; the crop stage keeps candidates down to ``candidate_confidence`` and
-lets the identity network decide.
-
-``person_consensus`` finds, among all the candidates of one person's photos, the identity that
-those photos share: the centre of the faces that agree with one another, one vote per duplicate
-group so near-copies of a photo do not vote for each other. Each photo's training face is then
-its agreeing candidate nearest the centre of its OTHER photos: within ``agree_distance``, or
-``sure_agree_distance`` for a face MTCNN is sure of (wider when the other photos are few, up to
-``PAIR_DISTANCE``); a photo none of whose faces is that close (another person, a
-shirt, a hand) is not trained on.
+``FaceCropper`` turns photo files (or arrays) into ``PhotoFaces``: it decodes them
+(``facecls.images``), finds the faces with a ``Detector`` (MTCNN's ``facecls.detect.FaceDetector``
+unless another is given: tests of file handling pass a fake), keeps the detections that can be faces
+(``filter_faces``: confident enough, large enough, keypoints in a face's shape), chooses among them
+(``choose_faces``, or every candidate for the crop stage's identity consensus, ``facecls.consensus``)
+and cuts out each face twice: the classifier's crop and the identity network's chip
+(``facecls.align``, ``facecls.identity``). With ``workers`` > 1 it runs in that many processes,
+which is how MTCNN uses more than one core.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from facecls.config import CropSettings, DetectSettings
+from facecls import images
+from facecls.align import crop_face
+from facecls.config import CropSettings, DetectSettings, IngestSettings
 from facecls.detect import Detection, geometry_problem
+from facecls.errors import FaceclsError
 
-# Rounds of "centre = mean of the faces near it" at most: on scraped-celebs-6 the members stopped
-# changing after 1-2 rounds for every person.
-CONSENSUS_ROUNDS = 10
-# dlib's own line between two faces of one person and of two (face_recognition's 0.6). A face is
-# compared with the mean of the n other photos' faces: if faces scatter around their person's
-# identity with variance s^2, a face of the person lies sqrt(s^2 (1 + 1/n)) from that mean, so the
-# bar agree_distance (for a mean of many faces) widens to agree_distance * sqrt(1 + 1/n) for few,
-# and never beyond this pairwise line. A 3-photo scrape's photo lay 0.60 from the mean of its 2 others.
-PAIR_DISTANCE = 0.6
-# A face MTCNN is this sure of agrees under CropSettings.sure_agree_distance rather than
-# agree_distance: the false detections of the shared sets (a shirt, a chest, blur) scored 0.80-0.913.
-SURE_CONFIDENCE = 0.99
-# A person with fewer agreeing photos than this gets a warning: that few is not enough to train
-# or test on (the 5-celebrity set, 14-20 training photos a person, reaches 0.88-0.93).
-MIN_AGREEING_PHOTOS = 10
-# A person whose photos agree in under this share of the photos with a face gets a warning: the
-# folder holds several people, or mostly someone else (scraped-celebs-6: 97-100% of each person's
-# photos with a face agree).
-MIN_AGREEING_SHARE = 0.5
-# Two people whose consensus centres are nearer than this are one identity: one folder is mostly
-# the other person. Centres of different people in the shared sets lie 0.54-0.88 apart (the closest:
-# jennifer_lawrence and sydney_sweeney); two halves of one person's photos, about 0.1-0.2.
-SAME_IDENTITY_CENTRES = 0.4
+logger = logging.getLogger(__name__)
+
+
+class Detector(Protocol):
+    """What ``FaceCropper`` needs of a face detector: its settings, and every face of each photo.
+
+    ``facecls.detect.FaceDetector`` (MTCNN) is the one facecls ships; ``DetectorFactory`` builds one
+    from settings, in each worker process.
+    """
+
+    settings: DetectSettings
+
+    def detect_many(self, photos: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """All faces (unfiltered) in each RGB uint8 photo, in the photos' pixel coordinates."""
+        ...
+
+
+DetectorFactory = Callable[[DetectSettings], Detector]
+
+
+def mtcnn_detector(settings: DetectSettings) -> Detector:
+    """The MTCNN detector, TensorFlow imported quietly."""
+    from facecls.detect import FaceDetector
+
+    return FaceDetector(settings)
 
 
 @dataclass(frozen=True)
@@ -88,152 +96,298 @@ def candidate_confidence(detect: DetectSettings) -> float:
     return min(detect.candidate_confidence, detect.min_confidence)
 
 
+
 @dataclass(frozen=True)
-class PhotoCandidates:
-    """The candidate faces of one photo of a person, with their identity descriptors."""
+class FaceChoice:
+    status: str
+    reason: str
+    chosen: tuple[int, ...]  # indices into the detections, in the order they are cropped
+    others: tuple[int, ...] = ()  # faces that passed the filters but were not chosen (other people)
+
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face cut out of a photo: the classifier's crop and the identity network's chip."""
+
+    index: int  # among the photo's detections
+    detection: Detection
+    crop: np.ndarray = field(repr=False)  # RGB uint8, image_size square
+    chip: np.ndarray = field(repr=False)  # RGB uint8, facecls.identity.CHIP_SIZE square
+    chosen: bool = True  # False: it passed the filters but is another person (not chosen)
+
+
+@dataclass(frozen=True)
+class PhotoFaces:
+    """Everything the face path found in one photo."""
 
     path: str
-    group: str  # ingest's duplicate group: photos of one group do not vote for each other
-    faces: tuple[int, ...]  # detection indices, largest first
-    confidences: tuple[float, ...]
-    descriptors: np.ndarray  # [len(faces), 128]
-    forced: int | None = None  # a face chosen by the user; it joins the consensus as it is
-
-
-@dataclass(frozen=True)
-class IdentityChoice:
-    """What the consensus made of one photo."""
-
-    path: str
-    chosen: int | None  # detection index of the face that agrees; None when none does
-    distances: tuple[float, ...]  # of each candidate (PhotoCandidates.faces order) to the consensus of the other photos
-    agreeing: tuple[int, ...]  # detection indices of every candidate within agree_distance
-    threshold: float = float("nan")  # the bar of its nearest face: under it a face agrees (wider for few other photos)
+    status: str
+    reason: str
+    width: int
+    height: int
+    detections: tuple[Detection, ...] = ()  # every face the detector found, unfiltered
+    faces: tuple[Face, ...] = ()  # the chosen faces, then the other faces that passed the filters
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)  # decode, detect, crop
 
     @property
-    def nearest(self) -> float:
-        """The smallest distance of any of the photo's faces to the consensus (nan without one)."""
-        finite = [distance for distance in self.distances if np.isfinite(distance)]
-        return min(finite) if finite else float("nan")
-
-
-@dataclass(frozen=True)
-class PersonConsensus:
-    person: str
-    choices: tuple[IdentityChoice, ...]  # in the order of the photos given
-    members: int  # photos whose face formed the consensus
-    centre: np.ndarray | None = None  # the consensus descriptor; None without candidates
+    def chosen(self) -> tuple[Face, ...]:
+        return tuple(face for face in self.faces if face.chosen)
 
     @property
-    def agreeing(self) -> int:
-        return sum(1 for choice in self.choices if choice.chosen is not None)
+    def others(self) -> tuple[Face, ...]:
+        return tuple(face for face in self.faces if not face.chosen)
 
 
-def person_consensus(person: str, photos: Sequence[PhotoCandidates], settings: CropSettings) -> PersonConsensus:
-    """Choose each photo's face of ``person``: the candidate nearest the identity its other photos share."""
-    rows = [(number, face) for number, photo in enumerate(photos) for face in range(len(photo.faces))]
-    if not rows:
-        return PersonConsensus(person, tuple(IdentityChoice(photo.path, None, (), ()) for photo in photos), 0, None)
-    descriptors = np.concatenate([photo.descriptors for photo in photos if len(photo.faces)]).astype(np.float64)
-    photo_of = np.array([number for number, _ in rows])
-    groups = sorted({photo.group for photo in photos})
-    group_of = np.array([groups.index(photos[number].group) for number in photo_of])
-    forced = np.array([photos[number].forced == photos[number].faces[face] for number, face in rows])
-    forced_photos = {number for number, photo in enumerate(photos) if photo.forced is not None}
-    threshold = settings.agree_distance
+def choose_faces(
+    detections: Sequence[Detection], width: int, height: int, detect: DetectSettings, policy: str
+) -> FaceChoice:
+    """Pick the faces to crop from one photo alone: ``filter_faces`` at ``min_confidence``, then the
+    face policy. One photo has no consensus to agree with: ``consensus`` takes the largest here."""
+    found = filter_faces(detections, width, height, detect, detect.min_confidence)
+    if not found.kept:
+        return FaceChoice(found.status, found.reason, ())
+    sized = list(found.kept)
+    if len(sized) == 1:
+        return FaceChoice("ok", "", (sized[0],))
+    reason = f"{len(sized)} faces"
+    if policy == "skip":
+        return FaceChoice("multiple_faces", reason + "; face_policy skip crops none", (), tuple(sized))
+    if policy == "all":
+        return FaceChoice("multiple_faces", reason + "; face_policy all crops each", tuple(sized))
+    if policy == "most_confident":
+        best = max(sized, key=lambda index: (detections[index].confidence, detections[index].area))
+    else:
+        best = max(sized, key=lambda index: (detections[index].area, detections[index].confidence))
+    others = tuple(index for index in sized if index != best)
+    chosen_by = "the most confident" if policy == "most_confident" else "the largest"
+    return FaceChoice("multiple_faces", f"{reason}; cropped {chosen_by}", (best,), others)
 
-    # Seed: the face with close faces in the most other duplicate groups.
-    distances = np.linalg.norm(descriptors[:, None] - descriptors[None], axis=2)
-    close = (distances < threshold) & (group_of[:, None] != group_of[None])
-    votes = np.array([len(set(group_of[close[row]].tolist())) for row in range(len(rows))])
-    members = (distances[int(np.argmax(votes))] < threshold) | forced
-    for _ in range(CONSENSUS_ROUNDS):
-        centre = _weighted_centre(descriptors, members, group_of)
-        to_centre = np.linalg.norm(descriptors - centre, axis=1)
-        updated = forced.copy()
-        for number in set(photo_of.tolist()) - forced_photos:
-            mine = np.flatnonzero(photo_of == number)
-            best = mine[np.argmin(to_centre[mine])]
-            updated[best] = to_centre[best] < threshold
-        if np.array_equal(updated, members) or not updated.any():
-            break
-        members = updated
 
-    # Each face is judged against the consensus of the OTHER duplicate groups, so a photo (and its
-    # near-copies) never agrees with itself.
-    weights = _group_weights(members, group_of)
-    total = (weights[:, None] * descriptors).sum(axis=0)
-    choices = []
-    for number, photo in enumerate(photos):
-        mine = np.flatnonzero(photo_of == number)
-        if not len(mine):
-            choices.append(IdentityChoice(photo.path, None, (), ()))
-            continue
-        own = group_of == group_of[mine[0]]
-        rest = weights[~own].sum()
-        if rest > 0:
-            centre = (total - (weights[own, None] * descriptors[own]).sum(axis=0)) / rest
-            to_centre = np.linalg.norm(descriptors[mine] - centre, axis=1)
-            widen = float(np.sqrt(1.0 + 1.0 / rest))
-            bars = np.array([
-                min(PAIR_DISTANCE, widen * (settings.sure_agree_distance if confidence >= SURE_CONFIDENCE else threshold))
-                for confidence in photo.confidences
-            ])
+def faces_in_pixels(
+    detector: Detector, photos: Sequence[tuple[str, np.ndarray]], crop_settings: CropSettings,
+    candidates: bool = False,
+) -> list[PhotoFaces]:
+    """Detect, choose and crop the faces of decoded photos, batching detection across them.
+
+    Each face gets two cuts: the classifier's crop and the identity network's chip. With
+    ``candidates``, every face that passes ``filter_faces`` down to ``candidate_confidence`` is
+    cropped (``chosen``), for the crop stage's identity consensus to choose from. Each result's
+    ``seconds`` holds its share of the detection batch and its own crop time.
+    """
+    from facecls.identity import identity_chip
+
+    started = time.perf_counter()
+    found = detector.detect_many([pixels for _, pixels in photos])
+    detect_seconds = (time.perf_counter() - started) / max(1, len(photos))
+    results = []
+    for (name, pixels), detections in zip(photos, found):
+        started = time.perf_counter()
+        height, width = pixels.shape[:2]
+        if candidates:
+            kept = filter_faces(detections, width, height, detector.settings, candidate_confidence(detector.settings))
+            choice = FaceChoice(kept.status, kept.reason, kept.kept)
         else:
-            to_centre, bars = np.full(len(mine), np.nan), np.full(len(mine), np.nan)
-        agreeing = tuple(photo.faces[face] for face in range(len(mine)) if to_centre[face] < bars[face])
-        if photo.forced is not None:
-            chosen = photo.forced
-        elif agreeing:
-            chosen = min(agreeing, key=lambda index: to_centre[photo.faces.index(index)])
-        else:
-            chosen = None
-        nearest = int(np.nanargmin(to_centre)) if np.isfinite(to_centre).any() else 0
-        choices.append(IdentityChoice(photo.path, chosen, tuple(round(float(value), 4) for value in to_centre), agreeing,
-                                      round(float(bars[nearest]), 3)))
-    return PersonConsensus(person, tuple(choices), int(len(set(photo_of[members].tolist()))), total / weights.sum())
+            choice = choose_faces(detections, width, height, detector.settings, crop_settings.face_policy)
+        cut = tuple(
+            Face(index, detections[index], crop_face(pixels, detections[index], crop_settings),
+                 identity_chip(pixels, detections[index]), chosen)
+            for indices, chosen in ((choice.chosen, True), (choice.others, False))
+            for index in indices
+        )  # fmt: skip
+        seconds = {"detect": detect_seconds, "crop": time.perf_counter() - started}
+        results.append(PhotoFaces(name, choice.status, choice.reason, width, height, tuple(detections), cut, seconds))
+    return results
 
 
-def _group_weights(members: np.ndarray, group_of: np.ndarray) -> np.ndarray:
-    """One vote per duplicate group, shared among its member faces."""
-    weights = np.zeros(len(members))
-    for group in set(group_of[members].tolist()):
-        chosen = members & (group_of == group)
-        weights[chosen] = 1.0 / chosen.sum()
-    return weights
+def _faces_in_files(
+    detector: Detector, paths: Sequence[str], crop_settings: CropSettings, max_pixels: int, candidates: bool
+) -> list[PhotoFaces]:
+    decoded: list[tuple[str, np.ndarray]] = []
+    failures: dict[str, PhotoFaces] = {}
+    decode_seconds: dict[str, float] = {}
+    for path in paths:
+        started = time.perf_counter()
+        try:
+            decoded.append((path, images.decode_image(Path(path), max_pixels=max_pixels).pixels))
+        except images.ImageDecodeError as error:
+            failures[path] = PhotoFaces(path, "unreadable", error.reason, 0, 0)
+        decode_seconds[path] = time.perf_counter() - started
+    try:
+        found = faces_in_pixels(detector, decoded, crop_settings, candidates) if decoded else []
+    except Exception:  # noqa: BLE001 - one photo's failure must not take the others down: retry one by one
+        found = [_faces_or_failure(detector, name, pixels, crop_settings, candidates) for name, pixels in decoded]
+    done = {result.path: result for result in found}
+    results = [failures.get(path) or done[path] for path in paths]
+    for result in results:
+        result.seconds["decode"] = decode_seconds[result.path]
+    return results
 
 
-def _weighted_centre(descriptors: np.ndarray, members: np.ndarray, group_of: np.ndarray) -> np.ndarray:
-    weights = _group_weights(members, group_of)
-    return (weights[:, None] * descriptors).sum(axis=0) / weights.sum()
+def _faces_or_failure(
+    detector: Detector, name: str, pixels: np.ndarray, crop_settings: CropSettings, candidates: bool
+) -> PhotoFaces:
+    """The faces of one photo, or an unreadable result saying why detecting or cropping failed."""
+    try:
+        return faces_in_pixels(detector, [(name, pixels)], crop_settings, candidates)[0]
+    except Exception as error:  # noqa: BLE001 - becomes this photo's status and reason
+        logger.warning("%s: face detection failed: %s", name, error)
+        reason = f"face detection failed on this image ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+        return PhotoFaces(name, "unreadable", reason, int(pixels.shape[1]), int(pixels.shape[0]))
 
 
-def consensus_warnings(consensus: Sequence[PersonConsensus], photos_with_face: dict[str, int]) -> list[str]:
-    """One line per person whose photos do not agree enough to train on, or agree with another person's."""
-    warnings = []
-    for person in consensus:
-        total = photos_with_face.get(person.person, 0)
-        if not total:
-            continue
-        comparable = sum(1 for choice in person.choices if np.isfinite(choice.nearest))
-        if comparable and person.agreeing < MIN_AGREEING_SHARE * comparable:
-            warnings.append(
-                f"{person.person}: only {person.agreeing} of {comparable} photos with a face agree with one another: "
-                "the folder holds several people or mostly someone else (see status wrong_person in crop/photos.csv)"
+_worker_detector: Detector | None = None
+_worker_crop_settings: CropSettings | None = None
+_worker_max_pixels: int = 0
+_worker_after: Callable[[list[PhotoFaces]], list] | None = None
+_worker_candidates: bool = False
+
+
+def _worker_start(
+    detect_settings: DetectSettings,
+    crop_settings: CropSettings,
+    max_pixels: int,
+    after: Callable[[list[PhotoFaces]], list] | None,
+    candidates: bool,
+    detector_factory: DetectorFactory,
+) -> None:
+    global _worker_detector, _worker_crop_settings, _worker_max_pixels, _worker_after, _worker_candidates
+    from facecls.detect import limit_tensorflow_threads
+
+    # One core per worker process: MTCNN does not scale across threads, but across processes.
+    limit_tensorflow_threads(1)
+    _worker_detector = detector_factory(detect_settings)
+    _worker_crop_settings = crop_settings
+    _worker_max_pixels = max_pixels
+    _worker_after = after
+    _worker_candidates = candidates
+
+
+def _worker_run(paths: list[str]) -> list:
+    if _worker_detector is None or _worker_crop_settings is None:
+        raise RuntimeError("_worker_run called in a process that _worker_start did not set up")
+    found = _faces_in_files(_worker_detector, paths, _worker_crop_settings, _worker_max_pixels, _worker_candidates)
+    return found if _worker_after is None else _worker_after(found)
+
+
+def task_size(detect_settings: DetectSettings) -> int:
+    """Photos per worker task: a few, for fewer round trips; with detect batches above 1, two batches."""
+    return max(4, 2 * detect_settings.batch_size)
+
+
+def default_workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+class FaceCropper:
+    """Photo files or arrays in, ``PhotoFaces`` out; holds the detector(s) for a whole run.
+
+    With ``workers`` > 1, files are decoded, detected and cropped in that many processes (each
+    with one MTCNN on one core), which is how MTCNN uses more than one core. Use as a context
+    manager so the worker processes are shut down.
+
+    ``after``, if given, is applied to each chunk of results where they were found (in the
+    worker process) and ``faces_in_files`` yields what it returns, one item per photo: classify
+    runs its model there, so crops never travel between processes and the driving process
+    needs no TensorFlow. It must be picklable; each worker gets its own copy.
+
+    ``candidates`` crops every face that may be the person's (``faces_in_pixels``), for the crop stage.
+    ``detector_factory`` builds the detector from ``detect_settings`` (in each worker process, so it
+    must be picklable): MTCNN unless told otherwise.
+    """
+
+    def __init__(
+        self,
+        detect_settings: DetectSettings = DetectSettings(),
+        crop_settings: CropSettings = CropSettings(),
+        workers: int | None = None,
+        max_megapixels: float = IngestSettings().max_megapixels,
+        after: Callable[[list[PhotoFaces]], list] | None = None,
+        candidates: bool = False,
+        detector_factory: DetectorFactory = mtcnn_detector,
+    ):
+        self.detect_settings = detect_settings
+        self.detector_factory = detector_factory
+        self.candidates = candidates
+        self.crop_settings = crop_settings
+        self.workers = default_workers() if workers is None else max(1, workers)
+        self.max_pixels = int(max_megapixels * 1e6)
+        self.after = after
+        self._detector: Detector | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "FaceCropper":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def detector(self) -> Detector:
+        if self._detector is None:
+            self._detector = self.detector_factory(self.detect_settings)
+        return self._detector
+
+    def faces_in_array(self, pixels: np.ndarray, name: str = "<array>") -> PhotoFaces:
+        """Faces of one decoded RGB uint8 photo, in this process."""
+        return faces_in_pixels(self.detector, [(name, pixels)], self.crop_settings, self.candidates)[0]
+
+    def faces_in_files(self, paths: Iterable[str | Path], chunk_size: int | None = None) -> Iterator:
+        """Faces of each file (or what ``after`` made of them), in input order; memory stays flat
+        however many files there are."""
+        chunk_size = chunk_size or task_size(self.detect_settings)
+        chunks = _chunks((str(path) for path in paths), chunk_size)
+        if self.workers == 1:
+            for chunk in chunks:
+                found = _faces_in_files(self.detector, chunk, self.crop_settings, self.max_pixels, self.candidates)
+                yield from (found if self.after is None else self.after(found))
+            return
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_start,
+                initargs=(self.detect_settings, self.crop_settings, self.max_pixels, self.after, self.candidates,
+                          self.detector_factory),
             )
-        elif person.agreeing < MIN_AGREEING_PHOTOS:
-            warnings.append(
-                f"{person.person}: only {person.agreeing} photos agree with one another (of {total} with a face); "
-                f"{MIN_AGREEING_PHOTOS} or more train a usable model: add photos of {person.person}"
-            )
-    # Two folders whose consensus is one identity: one of them is mostly the other person.
-    placed = [person for person in consensus if person.centre is not None]
-    for number, first in enumerate(placed):
-        for second in placed[number + 1 :]:
-            distance = float(np.linalg.norm(first.centre - second.centre))
-            if distance < SAME_IDENTITY_CENTRES:
-                warnings.append(
-                    f"{first.person} and {second.person}: their photos show one identity ({distance:.2f} apart, "
-                    f"under {SAME_IDENTITY_CENTRES}): one folder is mostly the other person"
-                )
-    return warnings
+        pending: deque = deque()
+        try:
+            for chunk in chunks:
+                pending.append(self._pool.submit(_worker_run, chunk))
+                if len(pending) >= 2 * self.workers:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        except BrokenProcessPool:
+            self._pool = None
+            raise FaceclsError(
+                "A face-detection worker process died (out of memory or killed). "
+                "Rerun the same command: finished photos are reused."
+            ) from None
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def workers_for(photo_count: int, requested: int | None) -> int:
+    """Face-detection processes for a batch of photos: as requested, else one per core from 24 photos
+    (starting a worker costs a few seconds: TensorFlow's import and MTCNN's build)."""
+    if requested is not None:
+        return max(1, requested)
+    return 1 if photo_count < 24 else default_workers()

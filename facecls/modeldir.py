@@ -371,7 +371,6 @@ def load_model_dir(path: Path) -> LoadedModel:
     path = Path(path)
     info = read_model_info(path)
     model_path = model_file(path)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from facecls.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()

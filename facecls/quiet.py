@@ -38,14 +38,16 @@ def _start_tensorflow(module) -> None:
     module.config.list_logical_devices()  # creates the CPU device, which prints the last notice
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow now with descriptor 2 silenced (a worker process, before its progress bars)."""
-    if "tensorflow" in sys.modules:
-        return
-    with stderr_descriptor_silenced():
-        import tensorflow
+def import_tensorflow_quietly():
+    """Import TensorFlow now with descriptor 2 silenced (a worker process, before its progress bars);
+    returns the module. The one place facecls sets ``TF_CPP_MIN_LOG_LEVEL``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules:
+        with stderr_descriptor_silenced():
+            import tensorflow
 
-        _start_tensorflow(tensorflow)
+            _start_tensorflow(tensorflow)
+    return sys.modules["tensorflow"]
 
 
 class _QuietLoader(importlib.abc.Loader):

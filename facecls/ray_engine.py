@@ -28,11 +28,9 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from facecls.classify import (
-    PROBABILITY_PREFIX, SUMMARY_NAME, UNREADABLE, Classifier, ClassifyResult, PhotoPrediction,
-    _sha256_or_empty, iter_input_files, prediction_columns, prediction_rows,
-)  # fmt: skip
-from facecls.classify import _Counts as classify_counts
+from facecls.classify import Classifier, ClassifyResult, iter_input_files, sha256_or_empty
+from facecls.outputs import SUMMARY_NAME, UNREADABLE
+from facecls.predictions import PROBABILITY_PREFIX, PhotoPrediction, RowCounts, prediction_columns, prediction_rows
 from facecls.errors import FaceclsError, ImageDecodeError
 from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
 from facecls.paths import check_output_folder
@@ -254,7 +252,6 @@ class PhotoClassifier:
 
         import ray
 
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         from facecls.detect import limit_tensorflow_threads
         from facecls.quiet import import_tensorflow_quietly
 
@@ -429,7 +426,7 @@ def classify_on_ray(
         done_paths: dict[str, set[str]] = {}
         for path, sha256 in done:
             done_paths.setdefault(path, set()).add(sha256)
-        counts = _Counts()
+        counts = RowCounts()
         counts.add_rows(old_rows)
         writer = _PartWriter(folder, labels)
         total = sum(len(group.sources) for group in groups) + len(not_regular)
@@ -451,7 +448,7 @@ def classify_on_ray(
                 sha256 = source.sha256
                 if not sha256 and source.uri in done_paths and not group.prefix:
                     # a local file: hashed here, as the local engine does, with its size limit
-                    sha256 = _sha256_or_empty(source.uri, classifier.cropper.max_pixels * MAX_FILE_BYTES_PER_PIXEL)
+                    sha256 = sha256_or_empty(source.uri, classifier.cropper.max_pixels * MAX_FILE_BYTES_PER_PIXEL)
                 if sha256 and (source.uri, sha256) in done:
                     skipped += 1
                     progress.update(1)
@@ -539,7 +536,7 @@ def _run_pipeline(ray, groups, model_dir: Path, classifier: Classifier, recheck:
     """Yields each photo's rows (a list of dicts) as the actors finish it."""
     from ray.data import ActorPoolStrategy, DataContext
 
-    from facecls.crop import task_size
+    from facecls.faces import task_size
 
     context = DataContext.get_current()
     context.enable_progress_bars = False  # facecls's own bar counts photos
@@ -581,9 +578,3 @@ def _run_pipeline(ray, groups, model_dir: Path, classifier: Classifier, recheck:
             pending.setdefault(key, []).append(row)
             if len(pending[key]) == max(1, row["faces"] or 0):
                 yield pending.pop(key)
-
-
-class _Counts(classify_counts):
-    def add_rows(self, rows: list[dict]) -> None:
-        for row in rows:
-            self.add_row(row)

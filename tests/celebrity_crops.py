@@ -29,7 +29,8 @@ def celebrity_crops(image_size: int, workers: int = 1) -> tuple[Path, tuple[Spli
 
     Items keep the dataset's own train/val split; a photo without a face is left out.
     """
-    from facecls.crop import FaceCropper, chip_path_of
+    from facecls.crop import chip_path_of
+    from facecls.faces import FaceCropper
 
     photos = sorted(CELEBRITIES.glob("*/*/*.*"))
     crops_dir = Path(tempfile.mkdtemp(prefix=f"facecls-celebrity-crops-{image_size}-"))
@@ -37,11 +38,11 @@ def celebrity_crops(image_size: int, workers: int = 1) -> tuple[Path, tuple[Spli
     items = []
     with FaceCropper(DetectSettings(), CropSettings(image_size=image_size), workers=workers) as cropper:
         for photo, faces in zip(photos, cropper.faces_in_files(photos)):
-            if not faces.crops:
+            if not faces.chosen:
                 continue
             split, person = photo.parent.parent.name, photo.parent.name
             crop_path = f"{split}/{person}/{photo.stem}.png"
-            write_image(crops_dir / crop_path, faces.crops[0])
-            write_image(crops_dir / chip_path_of(crop_path), faces.chips[0])
+            write_image(crops_dir / crop_path, faces.chosen[0].crop)
+            write_image(crops_dir / chip_path_of(crop_path), faces.chosen[0].chip)
             items.append(SplitItem(crop_path, person, str(photo), photo.stem, split, False, 1.0))
     return crops_dir, tuple(items)

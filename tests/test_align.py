@@ -116,7 +116,7 @@ def test_classify_crops_a_training_photo_exactly_as_the_crop_stage_did(data_dir,
         assert classifier.cropper.crop_settings.align
         for record in cropped.crops:
             faces = classifier.cropper.faces_in_array(decode_image(scrape / record.source_path).pixels)
-            np.testing.assert_array_equal(faces.crops[0], read_rgb(tmp_path / "run" / "crop" / record.crop_path))
+            np.testing.assert_array_equal(faces.chosen[0].crop, read_rgb(tmp_path / "run" / "crop" / record.crop_path))
 
     # a model dir written before alignment existed keeps its box crops
     legacy = json.loads((tmp_path / "model" / "facecls.json").read_text())

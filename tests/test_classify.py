@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from celebrity_crops import SHARED
-from facecls import classify as classify_module
+from facecls import sort as sort_module
 from facecls.classify import NO_FACE, UNKNOWN, UNREADABLE, Classifier, classify
 from facecls.cli import main
 from facecls.errors import FaceclsError, ImageDecodeError, ModelDirError
@@ -222,7 +222,7 @@ def test_move_interrupted_then_rerun_loses_nothing(model, tmp_path, monkeypatch,
     originals = {name: sha(path) for name, path in photos.items()}
     out = tmp_path / "out"
     calls = {"count": 0}
-    real = getattr(classify_module._Sorter, interrupt_in)
+    real = getattr(sort_module.Sorter, interrupt_in)
 
     def interrupted(self, *args):
         calls["count"] += 1
@@ -232,7 +232,7 @@ def test_move_interrupted_then_rerun_loses_nothing(model, tmp_path, monkeypatch,
             raise KeyboardInterrupt
         return real(self, *args)
 
-    monkeypatch.setattr(classify_module._Sorter, interrupt_in, interrupted)
+    monkeypatch.setattr(sort_module.Sorter, interrupt_in, interrupted)
     with pytest.raises(KeyboardInterrupt):
         classify(model[0], [tmp_path / "in"], out, sort="move", workers=1)
     monkeypatch.undo()

@@ -16,11 +16,10 @@ from PIL import Image
 
 from facecls.align import crop_face, square_box
 from facecls.config import CropSettings, DetectSettings
-from facecls.crop import (
-    FaceCropper, PhotoFaces, chip_path_of, choose_faces, crop, faces_in_pixels, read_crops_manifest,
-)
+from facecls.crop import chip_path_of, crop, read_crops_manifest
 from facecls.detect import Detection, Keypoints, Point, geometry_problem
 from facecls.errors import FaceclsError
+from facecls.faces import FaceCropper, PhotoFaces, choose_faces, faces_in_pixels
 from facecls.images import decode_image
 from facecls.ingest import ingest
 
@@ -48,6 +47,11 @@ def iou(first, second) -> float:
 
 def box(detection: Detection) -> tuple[float, float, float, float]:
     return (detection.x, detection.y, detection.width, detection.height)
+
+
+def indices(faces) -> tuple[int, ...]:
+    """The detection indices of ``Face`` records."""
+    return tuple(face.index for face in faces)
 
 
 def kept_faces(faces: PhotoFaces) -> list[int]:
@@ -142,15 +146,15 @@ def test_every_five_celebrity_photo_yields_one_square_crop(celebrity_files, cele
     assert len(celebrity_faces) == 118
     for faces in celebrity_faces:
         assert faces.status in ("ok", "multiple_faces"), (faces.path, faces.status, faces.reason)
-        assert len(faces.chosen) == len(faces.crops) == 1
-        assert faces.crops[0].shape == (CROP.image_size, CROP.image_size, 3)
-        assert faces.crops[0].dtype == np.uint8
+        assert len(faces.chosen) == 1
+        assert faces.chosen[0].crop.shape == (CROP.image_size, CROP.image_size, 3)
+        assert faces.chosen[0].crop.dtype == np.uint8
 
 
 def test_five_celebrity_crop_is_the_largest_face_plain_mtcnn_finds(celebrity_faces, celebrity_plain_largest):
     disagreements = []
     for faces, plain in zip(celebrity_faces, celebrity_plain_largest):
-        chosen = faces.detections[faces.chosen[0]]
+        chosen = faces.chosen[0].detection
         assert chosen.area == max(faces.detections[index].area for index in kept_faces(faces))
         # Detected on a resized copy, mapped back to full resolution: the same box as plain MTCNN's.
         if plain is None or iou(box(chosen), plain) < 0.5:
@@ -160,7 +164,7 @@ def test_five_celebrity_crop_is_the_largest_face_plain_mtcnn_finds(celebrity_fac
 
 
 def test_five_celebrity_crops_hold_a_centred_face(cropper, celebrity_faces):
-    crops = [faces.crops[0] for faces in celebrity_faces]
+    crops = [faces.chosen[0].crop for faces in celebrity_faces]
     found = cropper.detector.detect_many(crops)
     expected_side = CROP.image_size / (1 + 2 * CROP.margin)  # the face box, margin removed
     bad = []
@@ -183,8 +187,8 @@ def test_five_celebrity_crops_hold_a_centred_face(cropper, celebrity_faces):
 def test_crop_is_cut_from_the_full_resolution_photo(celebrity_faces):
     faces = celebrity_faces[0]
     pixels = decode_image(Path(faces.path)).pixels
-    expected = crop_face(pixels, faces.detections[faces.chosen[0]], CROP)
-    np.testing.assert_array_equal(faces.crops[0], expected)
+    expected = crop_face(pixels, faces.chosen[0].detection, CROP)
+    np.testing.assert_array_equal(faces.chosen[0].crop, expected)
 
 
 @pytest.mark.parametrize("name", MULTIPLE_FACE_PHOTOS)
@@ -194,9 +198,9 @@ def test_multiple_faces_photos_crop_the_largest(hard_faces, name):
     assert faces.status == "multiple_faces", faces.reason
     assert len(kept) >= 2
     largest = max(kept, key=lambda index: faces.detections[index].area)
-    assert faces.chosen == (largest,)
-    assert sorted(faces.others) == sorted(index for index in kept if index != largest)
-    assert len(faces.other_crops) == len(faces.others)
+    assert indices(faces.chosen) == (largest,)
+    assert sorted(indices(faces.others)) == sorted(index for index in kept if index != largest)
+    assert all(face.crop.shape == (CROP.image_size, CROP.image_size, 3) for face in faces.others)
     assert "cropped the largest" in faces.reason
 
 
@@ -204,7 +208,7 @@ def test_multiple_faces_photos_crop_the_largest(hard_faces, name):
 def test_photos_without_a_person_are_no_face(hard_faces, relative):
     faces = hard_faces[relative]
     assert faces.status == "no_face", [d.confidence for d in faces.detections]
-    assert faces.chosen == () and faces.crops == ()
+    assert faces.faces == ()
     assert faces.width > 0  # decoded fine: no_face, not unreadable
 
 
@@ -212,7 +216,7 @@ def test_truncated_file_is_unreadable_never_no_face(hard_faces):
     faces = hard_faces["corrupt/truncated.jpg"]
     assert faces.status == "unreadable"
     assert "Truncated File Read" in faces.reason
-    assert faces.detections == () and faces.crops == ()
+    assert faces.detections == () and faces.faces == ()
 
 
 def test_every_other_hard_case_gives_a_crop(hard_faces):
@@ -221,7 +225,7 @@ def test_every_other_hard_case_gives_a_crop(hard_faces):
         if relative in skipped:
             continue
         assert faces.status in ("ok", "multiple_faces"), (relative, faces.status, faces.reason)
-        assert faces.crops and faces.crops[0].shape == (CROP.image_size, CROP.image_size, 3)
+        assert faces.chosen and faces.chosen[0].crop.shape == (CROP.image_size, CROP.image_size, 3)
     assert len(hard_faces) == 29
 
 
@@ -240,7 +244,7 @@ def test_huge_photo_detections_are_in_full_resolution_coordinates(hard_faces, cr
         assert all(detection.x <= eye.x <= detection.x + detection.width for eye in eyes)
         assert all(detection.y <= eye.y <= detection.y + detection.height for eye in eyes)
     # The crop from the full-size photo really holds a face.
-    in_crop = cropper.detector.detect(faces.crops[0])
+    in_crop = cropper.detector.detect(faces.chosen[0].crop)
     assert any(d.confidence >= DETECT.min_confidence for d in in_crop)
 
 
@@ -262,7 +266,7 @@ def test_two_workers_find_what_one_worker_finds(hard_faces, data_dir):
         in_process = list(cropper.faces_in_files(paths, chunk_size=2))
     assert [Path(faces.path).relative_to(root).as_posix() for faces in found] == handful
     for faces, alone in zip(found, in_process):
-        assert (faces.status, faces.chosen, len(faces.detections)) == (alone.status, alone.chosen, len(alone.detections))
+        assert (faces.status, indices(faces.chosen), len(faces.detections)) == (alone.status, indices(alone.chosen), len(alone.detections))
         for ours, theirs in zip(faces.detections, alone.detections):
             np.testing.assert_allclose(box(ours), box(theirs), atol=1.0)
             assert ours.confidence == pytest.approx(theirs.confidence, abs=1e-3)
@@ -279,13 +283,13 @@ def test_face_policies_on_a_real_photo(cropper, data_dir):
     kept = kept_faces(results["largest"])
     assert len(kept) == 2
     by_area = sorted(kept, key=lambda index: -detections[index].area)
-    assert results["largest"].chosen == (by_area[0],)
-    assert results["most_confident"].chosen == (max(kept, key=lambda index: detections[index].confidence),)
-    assert results["all"].chosen == tuple(by_area) and len(results["all"].crops) == 2
-    assert results["skip"].chosen == () and results["skip"].crops == ()
+    assert indices(results["largest"].chosen) == (by_area[0],)
+    assert indices(results["most_confident"].chosen) == (max(kept, key=lambda index: detections[index].confidence),)
+    assert indices(results["all"].chosen) == tuple(by_area)
+    assert results["skip"].chosen == ()
     assert {result.status for result in results.values()} == {"multiple_faces"}
     # Angelina Jolie and Brad Pitt: the two crops are different faces.
-    assert not np.array_equal(results["all"].crops[0], results["all"].crops[1])
+    assert not np.array_equal(results["all"].chosen[0].crop, results["all"].chosen[1].crop)
 
 
 # ---------------------------------------------------------------- choose_faces contract (hand-made detections)

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from facecls.config import CropSettings, DetectSettings
-from facecls.crop import CORRECTIONS_NAME, crop, faces_in_pixels, read_corrections, read_crops_manifest
+from facecls.consensus import (
+    CORRECTIONS_NAME, PAIR_DISTANCE, IdentityChoice, PersonConsensus, PhotoCandidates, consensus_warnings,
+    person_consensus, read_corrections,
+)
+from facecls.crop import crop, read_crops_manifest
 from facecls.detect import Detection, Keypoints, Point, geometry_problem
 from facecls.errors import FaceclsError
-from facecls.faces import (
-    PAIR_DISTANCE, IdentityChoice, PersonConsensus, PhotoCandidates, consensus_warnings, filter_faces, person_consensus,
-)
+from facecls.faces import faces_in_pixels, filter_faces
 from facecls.ingest import ingest
 
 SCRAPED = "scraped-celebs-6"
@@ -67,8 +69,8 @@ def test_crop_and_classify_keep_faces_with_the_same_filter():
     detector = FixedDetector(faces)
     classify_way = faces_in_pixels(detector, [("photo", pixels)], CropSettings(face_policy="all", image_size=32))[0]
     crop_way = faces_in_pixels(detector, [("photo", pixels)], CropSettings(image_size=32), candidates=True)[0]
-    assert classify_way.chosen == filter_faces(faces, 400, 400, detector.settings, 0.9).kept == (0,)
-    assert crop_way.chosen == filter_faces(faces, 400, 400, detector.settings, 0.8).kept == (0, 2)
+    assert tuple(face.index for face in classify_way.chosen) == filter_faces(faces, 400, 400, detector.settings, 0.9).kept == (0,)
+    assert tuple(face.index for face in crop_way.chosen) == filter_faces(faces, 400, 400, detector.settings, 0.8).kept == (0, 2)
     assert geometry_problem(faces[1]).startswith("keypoints implausible")
     only_squeezed = filter_faces([faces[1]], 400, 400, detector.settings, 0.9)
     assert (only_squeezed.status, only_squeezed.kept) == ("no_face", ())

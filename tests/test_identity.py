@@ -17,15 +17,15 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared photos no
 def faces():
     """(person, chip, detection) of the largest face of two photos of each of three 5-celebrity people."""
     from facecls.config import CropSettings, DetectSettings
-    from facecls.crop import FaceCropper
+    from facecls.faces import FaceCropper
 
     photos = [path for person in ("ben_afflek", "madonna", "elton_john") for path in sorted((CELEBRITIES / "train" / person).iterdir())[:2]]
     with FaceCropper(DetectSettings(), CropSettings(image_size=64), workers=1) as cropper:
         found = list(cropper.faces_in_files(photos))
     return [
-        (photo.parent.name, result.chips[0], result.detections[result.chosen[0]])
+        (photo.parent.name, result.chosen[0].chip, result.chosen[0].detection)
         for photo, result in zip(photos, found)
-        if result.chips
+        if result.chosen
     ]
 
 

@@ -58,7 +58,7 @@ def test_sort_move_killed_at_every_step_leaves_every_photo_exactly_once(plain_mo
     replaced by new content or not before the next run, which recovers and goes on to the next
     kill; then a run to the end. Every photo's content (original or new) exists exactly once,
     in the label folders its rows name, and no input is left behind."""
-    from facecls.classify import KILL_AT_VARIABLE, SORT_STEPS
+    from facecls.sort import KILL_AT_VARIABLE, SORT_STEPS
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -185,7 +185,7 @@ def test_a_file_deleted_mid_classify_is_unreadable_and_never_sorted(model, tmp_p
     for photo in sorted((CELEBRITIES / "val" / "elton_john").iterdir())[:3]:
         shutil.copy2(photo, photos / photo.name)
     victim = sorted(photos.iterdir())[1]
-    real = classify_module._sha256_or_empty
+    real = classify_module.sha256_or_empty
 
     def hash_then_delete(path, *limits):
         digest = real(path, *limits)
@@ -193,7 +193,7 @@ def test_a_file_deleted_mid_classify_is_unreadable_and_never_sorted(model, tmp_p
             victim.unlink()  # listed and hashed, gone before it is decoded
         return digest
 
-    monkeypatch.setattr(classify_module, "_sha256_or_empty", hash_then_delete)
+    monkeypatch.setattr(classify_module, "sha256_or_empty", hash_then_delete)
     result = classify_module.classify(model[0], [photos], tmp_path / "out", sort="copy", workers=1)
     rows = read_rows(tmp_path / "out")
     [row] = rows[str(victim)]
