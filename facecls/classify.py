@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from facecls import images
 from facecls.errors import FaceclsError
-from facecls.faces import FaceCropper, PhotoFaces, default_workers, workers_for
+from facecls.faces import DetectorFactory, FaceCropper, PhotoFaces, default_workers, mtcnn_detector, workers_for
 from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
 from facecls.manifest import atomic_write_bytes, output_lock, read_json, sha256_file, write_json
 from facecls.outputs import ANNOTATED_FOLDER, NO_FACE, PREDICTIONS_CSV, SUMMARY_NAME, UNKNOWN, UNREADABLE
@@ -192,6 +192,8 @@ class Classifier:
             core). With more than one, each worker also runs the model on the faces it found,
             and this process loads the model only if ``classify_array``/``classify_path`` are used.
         batch_size: faces per call of the classification model.
+        detector_factory: builds the face detector from the model dir's detect settings (default:
+            MTCNN; ``facecls.faces.Detector`` says what another must do).
 
     Raises:
         ModelDirError: the model dir is missing, incomplete or inconsistent (with more than one
@@ -205,6 +207,7 @@ class Classifier:
         unknown_threshold: float | None = None,
         workers: int | None = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        detector_factory: DetectorFactory = mtcnn_detector,
     ):
         from facecls.modeldir import model_file, read_model_info
         from facecls.errors import ModelDirError
@@ -236,7 +239,8 @@ class Classifier:
         if workers == 1:
             self.face_model.load()  # in this process: a bad model file fails here, not at the first photo
         crop_settings = dataclasses.replace(self.info.crop_settings, face_policy="all")
-        self.cropper = FaceCropper(self.info.detect_settings, crop_settings, workers=workers, after=self.face_model)
+        self.cropper = FaceCropper(self.info.detect_settings, crop_settings, workers=workers, after=self.face_model,
+                                   detector_factory=detector_factory)
 
     def __enter__(self) -> "Classifier":
         return self
@@ -441,6 +445,7 @@ def classify(
     unknown_threshold: float | None = None,
     workers: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    detector_factory: DetectorFactory = mtcnn_detector,
 ) -> ClassifyResult:
     """Classify every photo under ``inputs`` into ``out_dir``; reruns resume.
 
@@ -460,6 +465,7 @@ def classify(
         unknown_threshold: overrides the model dir's threshold.
         workers: face-detection processes (default: one per core for 24 photos or more).
         batch_size: faces per call of the classification model.
+        detector_factory: the face detector (default: MTCNN), as for ``Classifier``.
 
     Raises:
         FaceclsError: a missing input, an unknown sort mode, a bad model dir, an output
@@ -475,7 +481,7 @@ def classify(
     total = sum(1 for _ in iter_input_files(inputs))
     workers = workers_for(total, workers)
     with output_lock(out_dir):
-        with Classifier(model_dir, unknown_threshold, workers, batch_size) as classifier:
+        with Classifier(model_dir, unknown_threshold, workers, batch_size, detector_factory) as classifier:
             columns = prediction_columns(classifier.labels)
             fingerprint = classifier.fingerprint()
             summary_path = out_dir / SUMMARY_NAME

@@ -129,7 +129,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def _settings_from_crop_summary(crop_dir: Path) -> tuple[DetectSettings, CropSettings]:
     from facecls.config import settings_from_dict
-    from facecls.crop import SUMMARY_NAME
+    from facecls.layout import CROP_SUMMARY as SUMMARY_NAME
     from facecls.manifest import read_json
 
     summary_path = crop_dir / SUMMARY_NAME

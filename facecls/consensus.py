@@ -25,8 +25,8 @@ from facecls.config import CropSettings, DetectSettings
 from facecls.detect import Detection
 from facecls.errors import FaceclsError
 from facecls.faces import choose_faces
+from facecls.layout import CORRECTIONS_NAME
 
-CORRECTIONS_NAME = "corrections.csv"  # the user's per-photo choices, read from the crop folder
 
 
 # Rounds of "centre = mean of the faces near it" at most: on scraped-celebs-6 the members stopped

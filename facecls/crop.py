@@ -41,22 +41,19 @@ from tqdm import tqdm
 
 from facecls import images
 from facecls.config import CropSettings, DetectSettings, settings_to_dict
-from facecls.consensus import CORRECTIONS_NAME, FaceDecision, decide_faces, read_corrections
+from facecls.consensus import FaceDecision, decide_faces, read_corrections
 from facecls.detect import Detection
 from facecls.errors import FaceclsError
-from facecls.faces import FaceCropper, PhotoFaces, task_size, workers_for
+from facecls.faces import DetectorFactory, FaceCropper, PhotoFaces, mtcnn_detector, task_size, workers_for
 from facecls.manifest import atomic_write_bytes, field_names, output_lock, read_csv, read_json, write_csv, write_json
+from facecls.layout import CORRECTIONS_NAME, CROP_SUMMARY, CROPS_MANIFEST, OTHERS_MANIFEST, PHOTOS_MANIFEST
 from facecls.paths import check_output_folder, path_under
 
 logger = logging.getLogger(__name__)
 
 PHOTO_STATUSES = ("ok", "multiple_faces", "wrong_person", "excluded", "low_confidence", "no_face", "unreadable")
-CROPS_MANIFEST = "crops.csv"
-PHOTOS_MANIFEST = "photos.csv"
-SUMMARY_NAME = "crop.json"
 FACES_FOLDER = "faces"
 OTHERS_FOLDER = "others"  # faces of other people in the same photos: the strangers unknown is measured on
-OTHERS_MANIFEST = "others.csv"
 CHIPS_FOLDER = "chips"  # identity chips (facecls.identity) of faces/ and others/, same names, PNG
 SHEETS_FOLDER = "sheets"
 CACHE_FOLDER = "cache"
@@ -157,6 +154,7 @@ def crop(
     detect_settings: DetectSettings = DetectSettings(),
     crop_settings: CropSettings = CropSettings(),
     workers: int | None = None,
+    detector_factory: DetectorFactory = mtcnn_detector,
 ) -> CropResult:
     """Crop the faces of every usable photo in an ingest manifest into ``<out_dir>/faces/<person>/``.
 
@@ -166,7 +164,7 @@ def crop(
     the person's go to ``others/<person>/`` and ``others.csv``: the strangers ``unknown`` is
     measured on. Each crop's identity chip (``chip_path_of``) goes under ``chips/``. Photos done
     before with the same detection settings are reused; ``corrections.csv`` in ``out_dir``
-    overrides the choice of face.
+    overrides the choice of face. ``detector_factory`` builds the face detector (default: MTCNN).
 
     Raises:
         FaceclsError: no usable photo, or a bad line in ``corrections.csv``.
@@ -200,7 +198,8 @@ def crop(
                 cached.update((record.path, entry) for record, entry in zip(batch, entries))
         progress = tqdm(total=len(records), initial=len(cached), desc="crop", unit="photo")
         with FaceCropper(
-            detect_settings, crop_settings, workers=workers_for(len(todo), workers), candidates=True
+            detect_settings, crop_settings, workers=workers_for(len(todo), workers), candidates=True,
+            detector_factory=detector_factory,
         ) as cropper:
             by_path = {str(scrape / record.path): record for record in todo}
             for faces in cropper.faces_in_files(by_path, chunk_size=size):
@@ -223,7 +222,7 @@ def crop(
         for person in faceless:
             logger.warning("%s: no face found in any usable photo of %s; %s is left out of the model", out_dir, person, person)
         write_json(
-            out_dir / SUMMARY_NAME,
+            out_dir / CROP_SUMMARY,
             {
                 "scrape": str(scrape.resolve()),
                 "detect_settings": settings_to_dict(detect_settings),

@@ -252,10 +252,12 @@ def _worker_start(
     detector_factory: DetectorFactory,
 ) -> None:
     global _worker_detector, _worker_crop_settings, _worker_max_pixels, _worker_after, _worker_candidates
-    from facecls.detect import limit_tensorflow_threads
+    if detector_factory is mtcnn_detector or after is not None:
+        from facecls.detect import limit_tensorflow_threads
 
-    # One core per worker process: MTCNN does not scale across threads, but across processes.
-    limit_tensorflow_threads(1)
+        # One core per worker process: MTCNN does not scale across threads, but across processes.
+        # (Importing TensorFlow takes seconds: a worker whose detector and ``after`` need none skips it.)
+        limit_tensorflow_threads(1)
     _worker_detector = detector_factory(detect_settings)
     _worker_crop_settings = crop_settings
     _worker_max_pixels = max_pixels
