@@ -62,9 +62,12 @@ def _add_settings_options(parser: argparse.ArgumentParser, settings_classes: tup
                 group.add_argument(flag, dest=_dest(field), action=argparse.BooleanOptionalAction,
                                    default=field.default, help=f"{text} (default {default})")  # fmt: skip
             else:
+                low, high = field.metadata.get("between", (None, None))
+                allowed = "" if low is None else f"; {low} to {high}"
                 group.add_argument(
                     flag, dest=_dest(field), type={"int": int, "float": float, "str": str}[field.type],
-                    choices=field.metadata.get("choices"), default=field.default, help=f"{text} (default %(default)s)",
+                    choices=field.metadata.get("choices"), default=field.default,
+                    help=f"{text} (default %(default)s{allowed})",
                 )  # fmt: skip
 
 

@@ -106,6 +106,9 @@ def test_every_setting_has_help_shown_by_its_commands(settings_class, capsys):
         for field in dataclasses.fields(settings_class):
             first_words = " ".join(field.metadata["help"].split()[:4])
             assert cli._flag(field) in shown and first_words in shown, (command, field.name)
+            if "between" in field.metadata:  # the allowed range, beside the default
+                low, high = field.metadata["between"]
+                assert f"(default {field.default}; {low} to {high})" in shown, (command, field.name)
 
 
 @pytest.mark.parametrize(
