@@ -10,14 +10,8 @@ import dataclasses
 import pytest
 
 from facecls import cli
-from facecls.config import (
-    CropSettings,
-    CurateSettings,
-    DetectSettings,
-    IngestSettings,
-    TrainSettings,
-    settings_from_dict,
-)
+from facecls.config import CropSettings, CurateSettings, DetectSettings, IngestSettings, TrainSettings
+from facecls.config import settings_from_dict
 from facecls.errors import FaceclsError
 from facecls.run import RunSettings
 
