@@ -55,7 +55,8 @@ def setting(default: Any, help: str, *, between: tuple[float, float] | None = No
         flag: the CLI option, when it is not the field name with dashes (e.g. ``--detect-batch``).
     """
     metadata = {"help": help, "between": between, "choices": choices, "flag": flag}
-    return dataclasses.field(default=default, metadata={key: value for key, value in metadata.items() if value})
+    declared = {key: value for key, value in metadata.items() if value is not None}
+    return dataclasses.field(default=default, metadata=declared)
 
 
 # What a value of each field type may be (a float field takes an integer too; bool is never a number).
