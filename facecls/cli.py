@@ -17,118 +17,89 @@ import warnings
 from pathlib import Path
 
 from facecls.config import (
-    ALPHAS,
-    BALANCE_POLICIES,
-    FACE_POLICIES,
     CropSettings,
     CurateSettings,
     DetectSettings,
     IngestSettings,
     TrainSettings,
+    settings_from_dict,
 )
 from facecls.errors import FaceclsError
 from facecls.quiet import silence_tensorflow_start_up
 
 logger = logging.getLogger("facecls")
 
-
-def _ingest_settings(args) -> IngestSettings:
-    return IngestSettings(
-        min_side=args.min_side, max_megapixels=args.max_megapixels, near_duplicate_distance=args.near_duplicate_distance
-    )
+# The settings of the whole chain (run, demo), in the order of their --help; every field is an option.
+RUN_SETTINGS = (IngestSettings, DetectSettings, CropSettings, CurateSettings, TrainSettings)
 
 
-def _detect_settings(args) -> DetectSettings:
-    return DetectSettings(
-        detect_side=args.detect_side,
-        min_confidence=args.min_confidence,
-        min_face_fraction=args.min_face_fraction,
-        batch_size=args.detect_batch,
-    )
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
-def _crop_settings(args) -> CropSettings:
-    return CropSettings(
-        margin=args.margin, image_size=args.image_size, face_policy=args.face_policy, crop_format=args.crop_format
-    )
+def _dest(field: dataclasses.Field) -> str:
+    return _flag(field)[2:].replace("-", "_")
 
 
-def _add_ingest_options(parser: argparse.ArgumentParser) -> None:
-    defaults = IngestSettings()
-    group = parser.add_argument_group("ingest")
-    group.add_argument("--min-side", type=int, default=defaults.min_side, help="photos with a shorter side are too_small (default %(default)s)")
-    group.add_argument("--max-megapixels", type=float, default=defaults.max_megapixels, help="larger photos are too_large (default %(default)s)")
-    group.add_argument(
-        "--near-duplicate-distance",
-        type=int,
-        default=defaults.near_duplicate_distance,
-        help="max perceptual-hash distance (of 64 bits) for near duplicates (default %(default)s)",
-    )
+def _add_settings_options(parser: argparse.ArgumentParser, settings_classes: tuple[type, ...]) -> None:
+    """One option per field of each settings class, from its declaration: flag, type, default, choices, help.
+
+    A flag several classes declare (``--seed``: the split's and training's) is one option setting them all.
+    """
+    fields_by_flag: dict[str, list[dataclasses.Field]] = {}
+    for settings_class in settings_classes:
+        for field in dataclasses.fields(settings_class):
+            fields_by_flag.setdefault(_flag(field), []).append(field)
+    for settings_class in settings_classes:
+        group = parser.add_argument_group(settings_class.__name__.removesuffix("Settings").lower())
+        for field in dataclasses.fields(settings_class):
+            flag, shared = _flag(field), fields_by_flag.pop(_flag(field), None)
+            if shared is None:  # added with the first class that declares it
+                continue
+            text = " and ".join(item.metadata["help"] for item in shared).replace("%", "%%")
+            if field.type == "bool":
+                default = flag if field.default else "--no-" + flag[2:]
+                group.add_argument(flag, dest=_dest(field), action=argparse.BooleanOptionalAction,
+                                   default=field.default, help=f"{text} (default {default})")  # fmt: skip
+            else:
+                low, high = field.metadata.get("between", (None, None))
+                allowed = "" if low is None else f"; {low} to {high}"
+                group.add_argument(
+                    flag, dest=_dest(field), type={"int": int, "float": float, "str": str}[field.type],
+                    choices=field.metadata.get("choices"), default=field.default,
+                    help=f"{text} (default %(default)s{allowed})",
+                )  # fmt: skip
 
 
-def _add_crop_options(parser: argparse.ArgumentParser) -> None:
-    detect, crop = DetectSettings(), CropSettings()
-    group = parser.add_argument_group("detect and crop")
-    group.add_argument("--detect-side", type=int, default=detect.detect_side, help="detect on a copy downscaled to this longest side (default %(default)s)")
-    group.add_argument("--min-confidence", type=float, default=detect.min_confidence, help="MTCNN confidence a face needs (default %(default)s)")
-    group.add_argument(
-        "--min-face-fraction",
-        type=float,
-        default=detect.min_face_fraction,
-        help="ignore faces smaller than this fraction of the photo's shorter side (default %(default)s)",
-    )
-    group.add_argument("--detect-batch", type=int, default=detect.batch_size, help="same-size photos per MTCNN call (default %(default)s; above 1 a photo's boxes depend on the photos batched with it, so a resumed run may differ slightly)")
-    group.add_argument("--margin", type=float, default=crop.margin, help="margin around the face, fraction of its size (default %(default)s)")
-    group.add_argument("--image-size", type=int, default=crop.image_size, help="crop size in pixels, the model's input size (default %(default)s)")
-    group.add_argument("--face-policy", choices=FACE_POLICIES, default=crop.face_policy, help="which face to crop when a photo has several (default %(default)s)")
-    group.add_argument("--crop-format", choices=("jpg", "png"), default=crop.crop_format, help="file format of the crops (default %(default)s)")
-    group.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
-
-
-def _curate_settings(args) -> CurateSettings:
-    return CurateSettings(
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, balance=args.balance,
-        flip=not args.no_flip, seed=args.seed,
-    )
+def _settings(settings_class: type, args: argparse.Namespace):
+    """A settings record from the options ``_add_settings_options`` added; its ``__post_init__`` checks them."""
+    return settings_class(**{field.name: getattr(args, _dest(field)) for field in dataclasses.fields(settings_class)})
 
 
 def _train_settings(args) -> TrainSettings:
-    defaults = TrainSettings()
-    return TrainSettings(
-        alpha=args.alpha,
-        weights=args.weights,
-        head_epochs=args.head_epochs,
-        fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_from=defaults.fine_tune_from if args.fine_tune_epochs else "",
-        seed=args.seed,
+    settings = _settings(TrainSettings, args)
+    # Without fine-tuning epochs no layer of the base is trained, and the model dir records that.
+    return settings if settings.fine_tune_epochs else dataclasses.replace(settings, fine_tune_from="")
+
+
+def _run_settings(args):
+    """The facecls.run.RunSettings of run and demo: every settings record, from its options."""
+    from facecls.run import RunSettings
+
+    return RunSettings(
+        ingest=_settings(IngestSettings, args),
+        detect=_settings(DetectSettings, args),
+        crop=_settings(CropSettings, args),
+        curate=_settings(CurateSettings, args),
+        train=_train_settings(args),
     )
 
 
-def _add_curate_options(parser: argparse.ArgumentParser) -> None:
-    defaults = CurateSettings()
-    group = parser.add_argument_group("curate")
-    group.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of each person's photos for validation (default %(default)s)")
-    group.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="share of each person's photos for the test (default %(default)s)")
-    group.add_argument("--balance", choices=BALANCE_POLICIES, default=defaults.balance, help="how to even out people with more photos (default %(default)s)")
-    group.add_argument("--no-flip", action="store_true", help="do not add horizontal flips to the training split")
-
-
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainSettings()
-    group = parser.add_argument_group("train")
-    group.add_argument(
-        "--weights",
-        default=defaults.weights,
-        help="'imagenet' (downloaded by Keras, needs internet) or the path of a MobileNetV2 no-top weights "
-        "file (.h5 or .weights.h5) for the chosen --alpha (default %(default)s)",
-    )
-    group.add_argument("--alpha", type=float, choices=ALPHAS, default=defaults.alpha, help="MobileNetV2 width (default %(default)s)")
-    group.add_argument("--head-epochs", type=int, default=defaults.head_epochs, help="max full-batch epochs of phase 1, the new head; it stops once converged (default %(default)s)")
-    group.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs, help="max epochs of phase 2, fine-tuning the top of the base; 0 skips it (default %(default)s)")
+def _add_workers_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
 
 
 def _settings_from_crop_summary(crop_dir: Path) -> tuple[DetectSettings, CropSettings]:
-    from facecls.config import settings_from_dict
     from facecls.layout import CROP_SUMMARY as SUMMARY_NAME
     from facecls.manifest import read_json
 
@@ -142,10 +113,6 @@ def _settings_from_crop_summary(crop_dir: Path) -> tuple[DetectSettings, CropSet
     )
 
 
-def _run_folder(path: str) -> Path:
-    return Path(path)
-
-
 def _summary(args, text: str, data: dict) -> None:
     """Print a command's closing summary: prose, or with --json one JSON object on one line."""
     if args.json:
@@ -157,7 +124,7 @@ def _summary(args, text: str, data: dict) -> None:
 def command_ingest(args) -> int:
     from facecls.ingest import ingest
 
-    result = ingest(Path(args.scrape), _run_folder(args.out), _ingest_settings(args))
+    result = ingest(Path(args.scrape), Path(args.out), _settings(IngestSettings, args))
     counts = ", ".join(f"{status} {count}" for status, count in sorted(result.counts.items()))
     _summary(
         args,
@@ -171,12 +138,13 @@ def command_ingest(args) -> int:
 def command_crop(args) -> int:
     from facecls.crop import crop
 
-    out = _run_folder(args.out)
+    out = Path(args.out)
     manifest = Path(args.ingest_manifest) if args.ingest_manifest else out / "ingest.csv"
     if not manifest.exists():
         raise FaceclsError(f"Ingest manifest not found: {manifest}. Run `facecls ingest {args.scrape} --out {out}` first.")
     result = crop(
-        Path(args.scrape), manifest, out / "crop", _detect_settings(args), _crop_settings(args), workers=args.workers
+        Path(args.scrape), manifest, out / "crop", _settings(DetectSettings, args), _settings(CropSettings, args),
+        workers=args.workers,
     )
     counts = ", ".join(f"{status} {count}" for status, count in sorted(result.counts.items()))
     _summary(
@@ -193,8 +161,8 @@ def command_crop(args) -> int:
 def command_curate(args) -> int:
     from facecls.curate import curate
 
-    out = _run_folder(args.out)
-    result = curate(out / "crop" / "crops.csv", out / "curate", _curate_settings(args))
+    out = Path(args.out)
+    result = curate(out / "crop" / "crops.csv", out / "curate", _settings(CurateSettings, args))
     totals = {split: sum(counts[split] for counts in result.counts.values()) for split in ("train", "val", "test")}
     _summary(
         args,
@@ -212,7 +180,7 @@ def command_train(args) -> int:
 
     from facecls.paths import check_output_folder
 
-    out = _run_folder(args.out)
+    out = Path(args.out)
     model_dir = Path(args.model_dir) if args.model_dir else out / "model"
     check_output_folder(model_dir, option="--model-dir")
     detect_settings, crop_settings = _settings_from_crop_summary(out / "crop")
@@ -279,16 +247,9 @@ def command_evaluate(args) -> int:
 
 
 def command_run(args) -> int:
-    from facecls.run import RunSettings, run
+    from facecls.run import run
 
-    settings = RunSettings(
-        ingest=_ingest_settings(args),
-        detect=_detect_settings(args),
-        crop=_crop_settings(args),
-        curate=_curate_settings(args),
-        train=_train_settings(args),
-    )
-    result = run(Path(args.scrape), _run_folder(args.out), settings,
+    result = run(Path(args.scrape), Path(args.out), _run_settings(args),
                  model_dir=Path(args.model_dir) if args.model_dir else None, workers=args.workers)
     _run_summary(args, result)
     return 0
@@ -415,12 +376,9 @@ def command_export(args) -> int:
 
 def command_demo(args) -> int:
     from facecls.demo import demo
-    from facecls.run import RunSettings
 
-    settings = RunSettings(crop=CropSettings(image_size=args.image_size), train=_train_settings(args),
-                           curate=CurateSettings(seed=args.seed))
     result = demo(Path(args.out), Path(args.lfw_home) if args.lfw_home else None, people=args.people,
-                  photos_per_person=args.photos_per_person, settings=settings, workers=args.workers)
+                  photos_per_person=args.photos_per_person, settings=_run_settings(args), workers=args.workers)
     _run_summary(args, result.run, {"scrape": result.scrape.scrape_dir, "people": result.scrape.people})
     return 0
 
@@ -453,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("scrape", help="folder with one subfolder of photos per person")
     ingest.add_argument("--out", required=True, help="run folder to write into")
-    _add_ingest_options(ingest)
+    _add_settings_options(ingest, (IngestSettings,))
     ingest.set_defaults(handler=command_ingest)
 
     crop = commands.add_parser(
@@ -468,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     crop.add_argument("scrape", help="the scrape folder that was ingested")
     crop.add_argument("--out", required=True, help="run folder holding ingest.csv")
     crop.add_argument("--ingest-manifest", help="ingest manifest to read (default OUT/ingest.csv)")
-    _add_crop_options(crop)
+    _add_workers_option(crop)
+    _add_settings_options(crop, (DetectSettings, CropSettings))
     crop.set_defaults(handler=command_crop)
 
     curate = commands.add_parser(
@@ -479,8 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes OUT/curate/splits.csv and curate.json.",
     )
     curate.add_argument("--out", required=True, help="run folder holding crop/")
-    curate.add_argument("--seed", type=int, default=0, help="seed of the split (default %(default)s)")
-    _add_curate_options(curate)
+    _add_settings_options(curate, (CurateSettings,))
     curate.set_defaults(handler=command_curate)
 
     train = commands.add_parser(
@@ -491,8 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, help="run folder holding crop/ and curate/")
     train.add_argument("--model-dir", help="where to write the model dir (default OUT/model)")
-    train.add_argument("--seed", type=int, default=0, help="seed of training (default %(default)s)")
-    _add_train_options(train)
+    _add_settings_options(train, (TrainSettings,))
     train.set_defaults(handler=command_train)
 
     calibrate = commands.add_parser(
@@ -517,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model_dir", help="a model dir written by facecls train or run")
     evaluate.add_argument("folder", help="labelled photos laid out as FOLDER/<person>/*")
     evaluate.add_argument("--out", help="where to write the metrics and plots")
-    evaluate.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
+    _add_workers_option(evaluate)
     evaluate.set_defaults(handler=command_evaluate)
 
     run = commands.add_parser(
@@ -529,11 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scrape", help="folder with one subfolder of photos per person")
     run.add_argument("--out", required=True, help="run folder to write into")
     run.add_argument("--model-dir", help="where to write the model dir (default OUT/model)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default %(default)s)")
-    _add_ingest_options(run)
-    _add_crop_options(run)
-    _add_curate_options(run)
-    _add_train_options(run)
+    _add_workers_option(run)
+    _add_settings_options(run, RUN_SETTINGS)
     run.set_defaults(handler=command_run)
 
     classify = commands.add_parser(
@@ -568,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
         "person's calibrated acceptance distance (default: the model dir's threshold; an uncalibrated model compares it with the softmax probability and never says "
         "unknown without it)",
     )
-    classify.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
+    _add_workers_option(classify)
     classify.add_argument(
         "--engine", choices=("local", "ray"), default="local",
         help="local worker processes (default), or Ray Data on a Ray cluster: rows as Parquet in OUT/predictions/ "
@@ -622,11 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--photos-per-person", type=int, default=150,
         help="people with at least this many photos qualify; this many of each are used (default %(default)s)",
     )
-    demo.add_argument("--image-size", type=int, default=CropSettings().image_size,
-                      help="crop size in pixels, the model's input size (default %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default %(default)s)")
-    demo.add_argument("--workers", type=int, default=None, help="face-detection processes (default: one per core)")
-    _add_train_options(demo)
+    _add_workers_option(demo)
+    _add_settings_options(demo, RUN_SETTINGS)
     demo.set_defaults(handler=command_demo)
 
     report = commands.add_parser(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import difflib
 import glob
 import importlib.metadata
 import os
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facecls.config import CropSettings, DetectSettings, TrainSettings, settings_from_dict
+from facecls.config import CropSettings, DetectSettings, TrainSettings, settings_from_dict, unknown_key_problem
 from facecls.errors import FaceclsError, ModelDirError
 from facecls.manifest import atomic_write_bytes, read_json, write_json
 from facecls.paths import person_name_problem
@@ -132,11 +131,9 @@ def info_from_dict(data: Any, source: str) -> ModelInfo:
     if not isinstance(data, dict):
         raise ModelDirError(f"{source}: must hold a JSON object. Received: {type(data).__name__}")
     known = [item.name for item in dataclasses.fields(ModelInfo)]
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ModelDirError(f"{source}: unknown key {key!r}.{hint} Allowed: {', '.join(known)}")
+    problem = unknown_key_problem(data, known)
+    if problem:
+        raise ModelDirError(f"{source}: unknown {problem}")
     missing = [name for name in known if name not in data and name not in OPTIONAL_KEYS]
     if missing:
         raise ModelDirError(f"{source}: missing keys {', '.join(missing)}. Retrain to write a complete model dir.")
