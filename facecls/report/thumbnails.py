@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from facecls.images import decode_image, encode_image, resize_longest_side, resize_square
 from facecls.manifest import TEMPORARY_SUFFIX
 from facecls.report.html import _NO_IMAGE, _url
 
@@ -48,7 +48,6 @@ class _Thumbnails:
 
     def write(self) -> None:
         """Make the missing thumbnails and remove those no longer shown."""
-        from facecls.images import encode_image
 
         def run(job) -> None:
             paths, make = job
@@ -83,65 +82,9 @@ class _Thumbnails:
         )
 
 
-
-_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F")
-
-
-def _decode_reduced(path: Path, scale_of: Callable[[int, int], float], max_pixels: int | None = None):
-    """Decode a photo at no less than ``scale_of(width, height)`` of its full size, for thumbnails.
-
-    A report decodes thousands of photos while classify's detector workers are still alive:
-    decoding each at full size (a 30000-pixel-wide photo is 54 MB of RGB, and the conversions
-    copy it) made the end of a classify run its memory peak. JPEG is decoded straight at 1/2,
-    1/4 or 1/8 of its size (Pillow's draft); other formats are reduced right after decoding,
-    before the RGB conversion. Opening and RGB conversion are images.py's own, so a thumbnail
-    shows what the stages decoded.
-
-    Returns:
-        (EXIF-oriented RGB pixels, their scale along x, along y) relative to the oriented full size.
-
-    Raises:
-        ImageDecodeError: the file cannot be decoded (or is larger than ``max_pixels``).
-    """
-    from PIL import ImageOps
-
-    from facecls.errors import ImageDecodeError
-    from facecls.images import ImageTooLargeError, _open, _to_rgb
-
-    with _open(path) as image:
-        width, height = image.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageTooLargeError(path, f"{width}x{height} is over the limit of {max_pixels / 1e6:.0f} megapixels")
-        # Twice the size asked for, as Pillow's thumbnail() does: the area resize that follows
-        # then sets the final size, so rounding in the coarse steps does not skew a thin photo.
-        scale = min(1.0, 2 * max(scale_of(width, height), 1e-6))
-        wanted = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
-        try:
-            image.seek(0)  # the first frame of an animation
-            image.draft(image.mode, wanted)  # JPEG only: never smaller than ``wanted``
-            image.load()
-            try:
-                orientation = image.getexif().get(0x0112, 1)
-                ImageOps.exif_transpose(image, in_place=True)
-            except Exception:  # an unusable EXIF block: keep the pixels as stored, as decode_image does
-                orientation = 1
-            if orientation in (5, 6, 7, 8):
-                width, height, wanted = height, width, wanted[::-1]
-            reduced = image
-            factor = min(image.width // wanted[0], image.height // wanted[1])
-            if factor > 1 and image.mode in _REDUCIBLE_MODES:
-                reduced = image.reduce(factor)
-            pixels = _to_rgb(reduced)
-        except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as error:
-            raise ImageDecodeError(path, str(error) or type(error).__name__) from None
-    return pixels, pixels.shape[1] / width, pixels.shape[0] / height
-
-
 def _photo_thumbnail(path: Path, max_pixels: int | None = None):
-    from facecls.images import resize_longest_side
-
-    pixels, _, _ = _decode_reduced(path, lambda width, height: PHOTO_THUMB_SIDE / max(width, height), max_pixels)
-    return resize_longest_side(pixels, PHOTO_THUMB_SIDE)[0]
+    decoded = decode_image(path, max_pixels, least_scale=lambda width, height: PHOTO_THUMB_SIDE / max(width, height))
+    return resize_longest_side(decoded.pixels, PHOTO_THUMB_SIDE)[0]
 
 
 def _face_square(box: tuple[float, float, float, float], width: float, height: float) -> tuple[float, float, float]:
@@ -156,13 +99,13 @@ def _face_square(box: tuple[float, float, float, float], width: float, height: f
 def _face_thumbnails(path: Path, boxes: Sequence[tuple[float, float, float, float]]) -> Iterator:
     """Square cuts around each box (x, y, w, h) of one photo, decoded once, at no more than the
     resolution the smallest cut needs; yielded one at a time (a photo may hold many faces)."""
-    from facecls.images import resize_square
 
     def scale_of(width: int, height: int) -> float:
         smallest = min((_face_square(box, width, height)[2] for box in boxes), default=1.0)
         return FACE_THUMB_SIDE / max(smallest, 1.0)
 
-    pixels, scale_x, scale_y = _decode_reduced(path, scale_of)
+    decoded = decode_image(path, least_scale=scale_of)
+    pixels, scale_x, scale_y = decoded.pixels, decoded.scale_x, decoded.scale_y
     height, width = pixels.shape[:2]
     for x, y, w, h in boxes:
         left, top, side = _face_square((x * scale_x, y * scale_y, w * scale_x, h * scale_y), width, height)
