@@ -11,7 +11,7 @@ from facecls.outputs import NO_FACE, PREDICTIONS_CSV, SUMMARY_NAME, UNKNOWN, UNR
 from facecls.report.charts import _histogram
 from facecls.report.html import Thumb, _e, _file_uri, _gallery, _plural, _table, _write_page
 from facecls.report.manifests import _read_optional_json
-from facecls.report.thumbnails import _face_thumbnails, _photo_thumbnail, _Thumbnails
+from facecls.report.thumbnails import FaceBox, _face_thumbnails, _photo_thumbnail, _Thumbnails
 
 
 def write_classify_report(out_dir: Path) -> Path:
@@ -50,7 +50,7 @@ def write_classify_report(out_dir: Path) -> Path:
     for path, photo_rows in by_photo.items():
         photo_rows.sort(key=lambda row: int(row["face"]))
         names = [f"faces/{row['sha256'][:2]}/{row['sha256'][:16]}-{row['face']}.jpg" for row in photo_rows]
-        boxes = [(float(row["x"]), float(row["y"]), float(row["w"]), float(row["h"])) for row in photo_rows]
+        boxes = [FaceBox(float(row["x"]), float(row["y"]), float(row["w"]), float(row["h"])) for row in photo_rows]
         urls = thumbnails.request_group(
             names, lambda photo=source(photo_rows[0]), boxes=boxes: _face_thumbnails(photo, boxes)
         )

@@ -7,11 +7,13 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from facecls.align import square_box
 from facecls.images import decode_image, encode_image, resize_longest_side, resize_square
 from facecls.manifest import TEMPORARY_SUFFIX
 from facecls.report.html import _NO_IMAGE, _url
@@ -21,7 +23,19 @@ logger = logging.getLogger(__name__)
 FILES_FOLDER = "report_files"  # thumbnails beside report.html
 PHOTO_THUMB_SIDE = 200  # longest side of a photo thumbnail
 FACE_THUMB_SIDE = 112  # side of a face thumbnail cut from a classified photo
-FACE_THUMB_MARGIN = 0.25  # around the detected box, as in the crop stage's default
+# Of the box's side, on each side of a face thumbnail: hair, ears and chin in view, for a person
+# to recognise at a glance (wider than a training crop's margin, which the model dir sets).
+FACE_THUMB_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face's box in photo pixels, as predictions.csv holds it."""
+
+    x: float
+    y: float
+    width: float
+    height: float
 
 
 class _Thumbnails:
@@ -87,27 +101,19 @@ def _photo_thumbnail(path: Path, max_pixels: int | None = None):
     return resize_longest_side(decoded.pixels, PHOTO_THUMB_SIDE)[0]
 
 
-def _face_square(box: tuple[float, float, float, float], width: float, height: float) -> tuple[float, float, float]:
-    """(left, top, side) of the square thumbnail around a box (x, y, w, h), inside the photo."""
-    x, y, w, h = box
-    side = min(max(w, h) * (1 + 2 * FACE_THUMB_MARGIN), width, height)
-    left = min(max(x + w / 2 - side / 2, 0), width - side)
-    top = min(max(y + h / 2 - side / 2, 0), height - side)
-    return left, top, side
-
-
-def _face_thumbnails(path: Path, boxes: Sequence[tuple[float, float, float, float]]) -> Iterator:
-    """Square cuts around each box (x, y, w, h) of one photo, decoded once, at no more than the
-    resolution the smallest cut needs; yielded one at a time (a photo may hold many faces)."""
+def _face_thumbnails(path: Path, boxes: Sequence[FaceBox]) -> Iterator:
+    """Squares around each face box of one photo (``square_box`` with FACE_THUMB_MARGIN), decoded
+    once, at no more than the resolution the smallest needs; yielded one at a time (a photo may
+    hold many faces)."""
 
     def scale_of(width: int, height: int) -> float:
-        smallest = min((_face_square(box, width, height)[2] for box in boxes), default=1.0)
-        return FACE_THUMB_SIDE / max(smallest, 1.0)
+        smallest = min((square_box(box, FACE_THUMB_MARGIN, width, height)[2] for box in boxes), default=1)
+        return FACE_THUMB_SIDE / smallest
 
     decoded = decode_image(path, least_scale=scale_of)
     pixels, scale_x, scale_y = decoded.pixels, decoded.scale_x, decoded.scale_y
     height, width = pixels.shape[:2]
-    for x, y, w, h in boxes:
-        left, top, side = _face_square((x * scale_x, y * scale_y, w * scale_x, h * scale_y), width, height)
-        left, top, side = int(round(left)), int(round(top)), max(1, int(round(side)))
+    for box in boxes:
+        reduced = FaceBox(box.x * scale_x, box.y * scale_y, box.width * scale_x, box.height * scale_y)
+        left, top, side = square_box(reduced, FACE_THUMB_MARGIN, width, height)
         yield resize_square(pixels[top : top + side, left : left + side], FACE_THUMB_SIDE)
