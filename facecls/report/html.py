@@ -1,4 +1,4 @@
-"""The page's building blocks: escaping, links, tables, galleries, the page shell with its CSS and pager script."""
+"""Page building blocks (escaping, links, tables, galleries), the page shell (CSS, pager script), writing it."""
 
 from __future__ import annotations
 
