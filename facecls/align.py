@@ -7,6 +7,8 @@ out of a photo (the identity chip uses it too, ``facecls.identity.identity_chip`
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from facecls import images
@@ -14,16 +16,25 @@ from facecls.config import CropSettings
 from facecls.detect import Detection
 
 
-def square_box(detection: Detection, margin: float, width: int, height: int) -> tuple[int, int, int]:
+class Box(Protocol):
+    """A face's box in photo pixels: a Detection, or a box read back from a manifest."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def square_box(box: Box, margin: float, width: int, height: int) -> tuple[int, int, int]:
     """A square around the face with ``margin`` on each side, shifted and shrunk to fit the photo.
 
     Returns (left, top, side) in pixels.
     """
-    side = max(detection.width, detection.height) * (1.0 + 2.0 * margin)
+    side = max(box.width, box.height) * (1.0 + 2.0 * margin)
     side = int(round(min(side, width, height)))
     side = max(side, 1)
-    center_x = detection.x + detection.width / 2.0
-    center_y = detection.y + detection.height / 2.0
+    center_x = box.x + box.width / 2.0
+    center_y = box.y + box.height / 2.0
     left = int(round(min(max(center_x - side / 2.0, 0), width - side)))
     top = int(round(min(max(center_y - side / 2.0, 0), height - side)))
     return left, top, side

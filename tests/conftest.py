@@ -10,6 +10,10 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+# Session fixtures kept in a module of their own (small_run, small_classify): registered here once,
+# so a worker that runs several of the files using them builds each once.
+pytest_plugins = ["report_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:

@@ -1,5 +1,6 @@
-"""A small real run and classify output for the report, export and Python API tests, made once per process,
-and a headless Chromium that opens a report from disk and records what it did.
+"""A small real run and classify output for the report and Python API tests, made once per test session
+(pytest fixtures, registered by conftest.py), and a headless Chromium that opens a report from disk
+and records what it did.
 
 The run: three people of the shared scrape (with photos that give no face or several faces),
 plus a byte-identical copy, a text file named .jpg and a truncated JPEG, so every step of the
@@ -9,16 +10,13 @@ a group photo, a photo without a face and a corrupt file.
 
 from __future__ import annotations
 
-import atexit
-import functools
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = SHARED / "data"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.h5"
+import pytest
+
+WEIGHTS_NAME = "mobilenet_v2_0.35_224_no_top_imagenet.h5"  # in ../shared/weights
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # screenshots; gitignored
 CHROMIUM = Path("/usr/bin/chromium")
 # As root and headless on a machine without network, Chromium needs these (see the README's tests section).
@@ -38,8 +36,8 @@ PEOPLE = {
 PHOTOS_PER_PERSON = 10
 
 
-def _make_scrape(folder: Path) -> Path:
-    source = DATA / "scraped-celebs-6"
+def _make_scrape(folder: Path, data_dir: Path) -> Path:
+    source = data_dir / "scraped-celebs-6"
     for person, wanted in PEOPLE.items():
         (folder / person).mkdir(parents=True)
         others = [path.name for path in sorted((source / person).iterdir()) if path.name not in wanted]
@@ -48,23 +46,22 @@ def _make_scrape(folder: Path) -> Path:
     first = sorted((folder / "brad_pitt").iterdir())[0]
     shutil.copy2(first, folder / "brad_pitt" / "copy_of_first.jpg")  # duplicate
     (folder / "messi" / "page.jpg").write_text("<html>not a photo</html>")  # not_image
-    shutil.copy2(DATA / "hard-cases" / "no_face" / "coffee.png", folder / "messi")  # no_face, whatever MTCNN's mood
-    shutil.copy2(DATA / "hard-cases" / "corrupt" / "truncated.jpg", folder / "sydney_sweeney")  # unreadable
+    shutil.copy2(data_dir / "hard-cases" / "no_face" / "coffee.png", folder / "messi")  # no_face, whatever MTCNN's mood
+    shutil.copy2(data_dir / "hard-cases" / "corrupt" / "truncated.jpg", folder / "sydney_sweeney")  # unreadable
     return folder
 
 
-@functools.lru_cache(maxsize=None)
-def small_run() -> Path:
+@pytest.fixture(scope="session")
+def small_run(data_dir: Path, weights_dir: Path, tmp_path_factory) -> Path:
     """A finished ``facecls run`` folder (report.html included)."""
     from facecls.cli import main
 
-    folder = Path(tempfile.mkdtemp(prefix="facecls-report-run-"))
-    atexit.register(shutil.rmtree, folder, True)
-    scrape = _make_scrape(folder / "scrape")
+    folder = tmp_path_factory.mktemp("report-run")
+    scrape = _make_scrape(folder / "scrape", data_dir)
     run_dir = folder / "run"
     argv = [
-        "--quiet", "run", str(scrape), "--out", str(run_dir), "--weights", str(WEIGHTS), "--image-size", "96",
-        "--head-epochs", "8", "--fine-tune-epochs", "0", "--workers", "1", "--seed", "3",
+        "--quiet", "run", str(scrape), "--out", str(run_dir), "--weights", str(weights_dir / WEIGHTS_NAME),
+        "--image-size", "96", "--head-epochs", "8", "--fine-tune-epochs", "0", "--workers", "1", "--seed", "3",
     ]
     if main(argv) != 0:
         raise RuntimeError("facecls run failed on the small scrape")
@@ -79,17 +76,21 @@ CLASSIFY_INPUTS = (
 )
 
 
-@functools.lru_cache(maxsize=None)
-def small_classify() -> Path:
+def classify_inputs(data_dir: Path) -> list[str]:
+    """What ``small_classify`` classifies: CLASSIFY_INPUTS and one photo each of messi and brad_pitt
+    not among the training photos (the model misnames the first, so it is unknown, and names the second)."""
+    known = [sorted((data_dir / "scraped-celebs-6" / person).iterdir())[-1] for person in ("messi", "brad_pitt")]
+    return [str(data_dir / name) for name in CLASSIFY_INPUTS] + [str(path) for path in known]
+
+
+@pytest.fixture(scope="session")
+def small_classify(small_run: Path, data_dir: Path, tmp_path_factory) -> Path:
     """A finished ``facecls classify`` output folder of the small run's model (report.html included)."""
     from facecls.cli import main
 
-    out = Path(tempfile.mkdtemp(prefix="facecls-report-classify-")) / "classified"
-    atexit.register(shutil.rmtree, out.parent, True)
-    # not among the training photos: the model misnames the first (so it is unknown), names the second
-    known = [sorted((DATA / "scraped-celebs-6" / person).iterdir())[-1] for person in ("messi", "brad_pitt")]
-    inputs = [str(DATA / name) for name in CLASSIFY_INPUTS] + [str(path) for path in known]
-    if main(["--quiet", "classify", str(small_run() / "model"), *inputs, "--out", str(out), "--workers", "1"]) != 0:
+    out = tmp_path_factory.mktemp("report-classify") / "classified"
+    argv = ["--quiet", "classify", str(small_run / "model"), *classify_inputs(data_dir), "--out", str(out), "--workers", "1"]
+    if main(argv) != 0:
         raise RuntimeError("facecls classify failed")
     return out
 

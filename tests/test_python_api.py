@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from report_fixtures import small_run
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 pytestmark = pytest.mark.slow
@@ -24,12 +22,12 @@ def readme_example() -> str:
     return match.group(1)
 
 
-def test_readme_python_api_example_runs_and_returns_named_records(data_dir, tmp_path, monkeypatch):
+def test_readme_python_api_example_runs_and_returns_named_records(data_dir, small_run, tmp_path, monkeypatch):
     from facecls.classify import FacePrediction, PhotoPrediction
 
     # The example's own paths: runs/first/model and photos/ in the working folder.
     (tmp_path / "runs" / "first").mkdir(parents=True)
-    (tmp_path / "runs" / "first" / "model").symlink_to(small_run() / "model")
+    (tmp_path / "runs" / "first" / "model").symlink_to(small_run / "model")
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy2(data_dir / "hard-cases" / "multiple_faces" / "two_people.jpg", photos / "party.jpg")

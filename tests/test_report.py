@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from report_fixtures import CHROMIUM, launch_chromium, open_report, small_classify, small_run
+from report_fixtures import CHROMIUM, classify_inputs, launch_chromium, open_report
 from facecls.cli import main
 from facecls.report import PAGE_SIZE
 
@@ -39,13 +39,13 @@ def browser(data_dir):
 
 
 @pytest.fixture(scope="module")
-def run_page(browser):
-    return small_run(), open_report(browser, small_run() / "report.html", "run-report.png")
+def run_page(browser, small_run):
+    return small_run, open_report(browser, small_run / "report.html", "run-report.png")
 
 
 @pytest.fixture(scope="module")
-def classify_page(browser):
-    return small_classify(), open_report(browser, small_classify() / "report.html", "classify-report.png")
+def classify_page(browser, small_classify):
+    return small_classify, open_report(browser, small_classify / "report.html", "classify-report.png")
 
 
 def assert_clean(loaded):
@@ -209,8 +209,8 @@ def test_splits_training_test_results_and_settings_match_the_run(run_page):
     assert attribute_map(page, "[data-version]", "data-version") == info["versions"]
 
 
-def test_facecls_report_rebuilds_the_same_page(data_dir, tmp_path, capsys):
-    run_dir = small_run()
+def test_facecls_report_rebuilds_the_same_page(small_run, tmp_path, capsys):
+    run_dir = small_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     original = (copy / "report.html").read_text()
@@ -236,9 +236,9 @@ def test_run_report_says_how_many_of_the_other_peoples_faces_unknown_rejects(run
     assert f"unknown rejects {rejected} of {others} other people's faces" in loaded.page.locator("#training").text_content()
 
 
-def test_training_curves_of_hundreds_of_epochs_have_few_labels_that_never_overlap(browser, tmp_path):
+def test_training_curves_of_hundreds_of_epochs_have_few_labels_that_never_overlap(browser, small_run, tmp_path):
     copy = tmp_path / "run"
-    shutil.copytree(small_run(), copy)
+    shutil.copytree(small_run, copy)
     history = json.loads((copy / "model" / "history.json").read_text())
     for phase, epochs in (("head", 470), ("fine_tune", 20)):  # as long as a default run on a real scrape
         history[phase] = {name: [0.5 + 0.4 * (index % 7) / 7 for index in range(epochs)] for name in history["head"]}
@@ -359,16 +359,14 @@ def test_classify_report_when_every_face_is_a_stranger_says_so_and_empty_people_
         assert texts(page, f'[data-gallery="label-{label}"]') == [f"no face was named {label}"]
 
 
-def test_rerun_of_a_finished_classify_says_all_photos_were_already_classified(classify_page, tmp_path, capsys):
-    from report_fixtures import CLASSIFY_INPUTS, DATA
-
+def test_rerun_of_a_finished_classify_says_all_photos_were_already_classified(classify_page, small_run, data_dir,
+                                                                              tmp_path, capsys):
     out, _ = classify_page
     again = tmp_path / "again"
     shutil.copytree(out, again)
-    known = [sorted((DATA / "scraped-celebs-6" / person).iterdir())[-1] for person in ("messi", "brad_pitt")]
-    inputs = [str(DATA / name) for name in CLASSIFY_INPUTS] + [str(path) for path in known]
+    inputs = classify_inputs(data_dir)
     capsys.readouterr()
-    assert main(["--quiet", "classify", str(small_run() / "model"), *inputs, "--out", str(again), "--workers", "1"]) == 0
+    assert main(["--quiet", "classify", str(small_run / "model"), *inputs, "--out", str(again), "--workers", "1"]) == 0
     photos = len({row["path"] for row in rows(out / "predictions.csv")})
     assert capsys.readouterr().out.startswith(f"classify: {photos} photos (all {photos} photos were already classified), ")
     assert f"Last run: all {photos} photos were already classified." in (again / "report.html").read_text()
