@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from facecls.errors import FaceclsError
+from facecls.layout import RunLayout
 from facecls.outputs import PREDICTIONS_CSV
 from facecls.report.classify_report import write_classify_report
 from facecls.report.html import PAGE_SIZE, REPORT_NAME
@@ -39,7 +40,7 @@ def write_report(folder: Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise FaceclsError(f"{folder} is not a folder. Pass a run folder (facecls run --out) or a classify output folder.")
-    if (folder / "ingest.csv").is_file():
+    if RunLayout(folder).ingest_manifest.is_file():
         return write_run_report(folder)
     if (folder / PREDICTIONS_CSV).is_file():
         return write_classify_report(folder)

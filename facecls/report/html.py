@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from facecls.layout import REPORT_NAME
 from facecls.manifest import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
 PAGE_SIZE = 120  # thumbnails per gallery page
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from facecls import modeldir
 from facecls.errors import FaceclsError
+from facecls.layout import CORRECTIONS_NAME, RunLayout
 from facecls.manifest import read_csv
 from facecls.report.charts import _line_chart
 from facecls.report.html import (
@@ -26,25 +27,26 @@ def write_run_report(run_dir: Path) -> Path:
         FaceclsError: ``run_dir`` holds no ``ingest.csv`` (not a run folder).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "ingest.csv").is_file():
+    layout = RunLayout(run_dir)
+    if not layout.ingest_manifest.is_file():
         raise FaceclsError(f"{run_dir} is not a run folder: ingest.csv is missing. Pass the --out folder of facecls run.")
-    run_summary = _read_optional_json(run_dir / "run.json") or {}
-    ingest_summary = _read_optional_json(run_dir / "ingest.json") or {}
+    run_summary = _read_optional_json(layout.run_summary) or {}
+    ingest_summary = _read_optional_json(layout.ingest_summary) or {}
     scrape = Path(run_summary.get("scrape") or ingest_summary.get("scrape") or ".")
     # The run's own model/ first: run.json holds absolute paths, stale once a run folder is moved.
-    model_dir = run_dir / "model"
+    model_dir = layout.model_dir
     if not (model_dir / modeldir.INFO_FILE).is_file() and run_summary.get("model_dir"):
         model_dir = Path(run_summary["model_dir"])
-    ingest_rows = read_csv(run_dir / "ingest.csv")
-    photos = _read_optional_csv(run_dir / "crop" / "photos.csv")
-    crops = _read_optional_csv(run_dir / "crop" / "crops.csv")
-    others = _read_optional_csv(run_dir / "crop" / "others.csv") or []
-    splits = _read_optional_csv(run_dir / "curate" / "splits.csv")
-    curate_summary = _read_optional_json(run_dir / "curate" / "curate.json")
-    metrics = _read_optional_json(run_dir / "evaluation" / "metrics.json")
+    ingest_rows = read_csv(layout.ingest_manifest)
+    photos = _read_optional_csv(layout.photos_manifest)
+    crops = _read_optional_csv(layout.crops_manifest)
+    others = _read_optional_csv(layout.others_manifest) or []
+    splits = _read_optional_csv(layout.splits_manifest)
+    curate_summary = _read_optional_json(layout.curate_summary)
+    metrics = _read_optional_json(layout.metrics)
     info = _read_optional_json(model_dir / modeldir.INFO_FILE)
     history = _read_optional_json(model_dir / modeldir.HISTORY_FILE)
-    crop_warnings = (_read_optional_json(run_dir / "crop" / "crop.json") or {}).get("warnings") or []
+    crop_warnings = (_read_optional_json(layout.crop_summary) or {}).get("warnings") or []
 
     thumbnails = _Thumbnails(run_dir)
     max_pixels = int(float((ingest_summary.get("settings") or {}).get("max_megapixels", 50)) * 1e6)
@@ -160,7 +162,7 @@ def _funnel_section(people, ingest_rows, photos, kept_by_person: Counter | None,
 def _faces_section(run_dir, people, photos, crops, others, split_of, scrape, photo_thumb) -> str:
     if crops is None or photos is None:
         return '<p class="muted">The crop stage has not run yet: `facecls crop` writes the faces shown here.</p>'
-    crop_dir = run_dir / "crop"
+    crop_dir = RunLayout(run_dir).crop_dir
     faces_in_photo = {row["path"]: int(row["faces"]) for row in photos}
     photo_row = {row["path"]: row for row in photos}
 
@@ -179,7 +181,7 @@ def _faces_section(run_dir, people, photos, crops, others, split_of, scrape, pho
         '<span style="border-color:transparent;border-bottom-color:#8250df">test</span></p>'
         '<p class="muted">Least certain first: faces from photos with several faces, then by detector confidence. '
         "Hover a face for why it was chosen; click it to open its photo.</p>"
-        f'<p data-corrections="how">To correct a choice, write <code>{_e(crop_dir / "corrections.csv")}</code> with the '
+        f'<p data-corrections="how">To correct a choice, write <code>{_e(crop_dir / CORRECTIONS_NAME)}</code> with the '
         "header <code>path,face</code> and one line per photo: its path as shown here, then the face number to "
         "train on (shown on each face) or <code>none</code> to leave the photo out, e.g. "
         "<code>messi/a1b2.jpg,none</code>. The next <code>facecls run</code> with the same arguments honours it "
@@ -350,7 +352,7 @@ def _test_section(metrics) -> str:
 def _mistakes_section(run_dir, metrics) -> str:
     if not metrics:
         return '<p class="muted">No evaluation yet.</p>'
-    crop_dir = run_dir / "crop"
+    crop_dir = RunLayout(run_dir).crop_dir
     tiles = []
     for mistake in metrics["mistakes"]:
         image = crop_dir / mistake["identifier"]
@@ -387,7 +389,7 @@ def _stage_settings(run_dir: Path, run_summary, ingest_summary, curate_summary, 
     """Each stage's settings: from run.json, else from what each stage done so far recorded."""
     if run_summary.get("settings"):
         return run_summary["settings"]
-    crop_summary = _read_optional_json(run_dir / "crop" / "crop.json") or {}
+    crop_summary = _read_optional_json(RunLayout(run_dir).crop_summary) or {}
     found = {
         "ingest": ingest_summary.get("settings"),
         "detect": crop_summary.get("detect_settings"),

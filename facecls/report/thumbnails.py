@@ -15,12 +15,13 @@ from tqdm import tqdm
 
 from facecls.align import square_box
 from facecls.images import decode_image, encode_image, resize_longest_side, resize_square
+from facecls.layout import REPORT_FILES_FOLDER
 from facecls.manifest import TEMPORARY_SUFFIX
 from facecls.report.html import _NO_IMAGE, _url
 
 logger = logging.getLogger(__name__)
 
-FILES_FOLDER = "report_files"  # thumbnails beside report.html
+FILES_FOLDER = REPORT_FILES_FOLDER  # thumbnails beside report.html
 PHOTO_THUMB_SIDE = 200  # longest side of a photo thumbnail
 FACE_THUMB_SIDE = 112  # side of a face thumbnail cut from a classified photo
 # Of the box's side, on each side of a face thumbnail: hair, ears and chin in view, for a person
