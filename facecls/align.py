@@ -85,9 +85,13 @@ def alignment_matrix(detection: Detection, margin: float, image_size: int) -> np
     """Photo -> crop similarity putting the keypoints on the template, scaled so the template's
     112-pixel frame plus ``margin`` of it on each side fills ``image_size`` (margin 0.25 gives
     about the scale of a 0.25-margin box crop: 4.1x the eye-to-mouth distance a side)."""
+    return similarity_matrix(keypoint_array(detection), alignment_target(margin, image_size))
+
+
+def alignment_target(margin: float, image_size: int) -> np.ndarray:
+    """Where an aligned crop puts the five keypoints: [5, 2] (x, y) in crop pixels, template order."""
     scale = image_size / (112.0 * (1.0 + 2.0 * margin))
-    target = (ALIGNMENT_TEMPLATE_112 - 56.0) * scale + image_size / 2.0
-    return similarity_matrix(keypoint_array(detection), target)
+    return (ALIGNMENT_TEMPLATE_112 - 56.0) * scale + image_size / 2.0
 
 
 def align_face(pixels: np.ndarray, detection: Detection, margin: float, image_size: int) -> np.ndarray:
@@ -131,3 +135,24 @@ def crop_face(pixels: np.ndarray, detection: Detection, settings: CropSettings) 
     height, width = pixels.shape[:2]
     left, top, side = square_box(detection, settings.margin, width, height)
     return images.resize_square(pixels[top : top + side, left : left + side], settings.image_size)
+
+
+def describe_crop(settings: CropSettings) -> dict:
+    """How ``crop_face`` cuts a face with ``settings``, in numbers an app reimplementing it can follow."""
+    notes = {"image_size": settings.image_size, "margin": settings.margin, "align": settings.align,
+             "face_policy": settings.face_policy}  # fmt: skip
+    if settings.align:
+        notes["target_keypoints"] = alignment_target(settings.margin, settings.image_size).round(4).tolist()
+        notes["how"] = (
+            "similarity transform (rotation, uniform scale, shift; least squares over the 5 MTCNN keypoints "
+            "left_eye, right_eye, nose, mouth_left, mouth_right of the full-resolution photo) onto target_keypoints, "
+            "then warp to image_size x image_size (bilinear, edges replicated); a transform that shrinks the face "
+            "first shrinks the region it covers with an area filter to the crop's scale"
+        )
+    else:
+        notes["how"] = (
+            "square of side max(box width, height) * (1 + 2 * margin) centred on the face box, shifted and "
+            "shrunk to fit inside the full-resolution photo, then resized to image_size x image_size "
+            "(area filter when shrinking)"
+        )
+    return notes

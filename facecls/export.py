@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facecls.align import describe_crop
 from facecls.errors import FaceclsError
 from facecls.manifest import atomic_write_bytes, atomic_write_text, read_json, write_json
 
@@ -213,7 +214,7 @@ def preprocessing_notes(info) -> dict:
             "how": "detect on a copy whose longest side is at most detect_side; keep faces with confidence "
             ">= min_confidence whose longer box side is >= min_face_fraction of the photo's shorter side",
         },
-        "crop": _crop_notes(crop),
+        "crop": describe_crop(crop),
         "unknown": {
             "threshold": info.unknown_threshold,
             "note": "facecls calls a face unknown by the distance of its identity descriptor (dlib's face-recognition "
@@ -221,28 +222,6 @@ def preprocessing_notes(info) -> dict:
             "exported model outputs probabilities only, so a high top probability does not prove the face is one of the labels",
         },
     }
-
-
-def _crop_notes(crop) -> dict:
-    """How facecls.align.crop_face cuts a face, in words and numbers an app can follow."""
-    from facecls.align import ALIGNMENT_TEMPLATE_112
-
-    notes = {"image_size": crop.image_size, "margin": crop.margin, "align": crop.align, "face_policy": crop.face_policy}
-    if crop.align:
-        notes["keypoint_template_112"] = ALIGNMENT_TEMPLATE_112.round(4).tolist()
-        notes["how"] = (
-            "similarity transform (rotation, uniform scale, shift; least squares over the 5 MTCNN keypoints "
-            "left_eye, right_eye, nose, mouth_left, mouth_right of the full-resolution photo) onto "
-            "(keypoint_template_112 - 56) * image_size / (112 * (1 + 2 * margin)) + image_size / 2, "
-            "then warp to image_size x image_size (bilinear, edges replicated)"
-        )
-    else:
-        notes["how"] = (
-            "square of side max(box width, height) * (1 + 2 * margin) centred on the face box, shifted and "
-            "shrunk to fit inside the full-resolution photo, then resized to image_size x image_size "
-            "(area filter when shrinking)"
-        )
-    return notes
 
 
 def export_model_dir(

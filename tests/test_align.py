@@ -123,3 +123,27 @@ def test_classify_crops_a_training_photo_exactly_as_the_crop_stage_did(data_dir,
     del legacy["crop_settings"]["align"]
     (tmp_path / "model" / "facecls.json").write_text(json.dumps(legacy))
     assert load_model_dir(tmp_path / "model").info.crop_settings.align is False
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_the_exported_crop_description_reproduces_crop_face(align):
+    """An app following describe_crop's numbers (what export writes to preprocessing.json) cuts the
+    very crop facecls does."""
+    from facecls.align import describe_crop, square_box
+
+    settings = CropSettings(image_size=160 if align else 64, margin=0.1, align=align)  # aligned: enlarges the face
+    generator = np.random.default_rng(3)
+    pixels = generator.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    points = [Point(150 + 0.8 * dx, 120 + 0.8 * dy) for dx, dy in ((0, 0), (40, 4), (22, 30), (5, 55), (38, 58))]
+    detection = Detection(130.0, 90.0, 80.0, 100.0, 0.99, Keypoints(*points))
+    notes = describe_crop(settings)
+    assert (notes["image_size"], notes["margin"], notes["align"]) == (settings.image_size, 0.1, align)
+    if align:
+        source = np.array([[point.x, point.y] for point in points])
+        matrix = similarity_matrix(source, np.array(notes["target_keypoints"]))
+        expected = cv2.warpAffine(pixels, matrix, (160, 160), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    else:
+        left, top, side = square_box(detection, notes["margin"], 400, 300)
+        expected = cv2.resize(pixels[top : top + side, left : left + side], (64, 64), interpolation=cv2.INTER_AREA)
+    difference = np.abs(crop_face(pixels, detection, settings).astype(int) - expected.astype(int))
+    assert difference.max() <= 1  # the same cut; rounding of the 4-decimal target at most one level
