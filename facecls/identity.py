@@ -294,9 +294,26 @@ class IdentityEncoder:
     @property
     def model(self) -> "keras.Model":
         if self._model is None:
-            path = self.weights_path or default_weights_path()
-            self._model = build_identity_network(read_dlib_network(path))
+            self._model = _network(self.weights_path or default_weights_path())
         return self._model
+
+
+# Built networks by weights file (path, size, modification time): reading the 22 MB file and
+# building the 29 convolutions takes about 2.5 s, so a process opening several Classifiers (the
+# Python API, a test session) builds it once; a replaced file is read again. The network only
+# ever runs with training=False: sharing it changes nothing.
+_NETWORKS: dict[tuple[str, int, int], "keras.Model"] = {}
+
+
+def _network(path: Path) -> "keras.Model":
+    try:
+        status = Path(path).stat()
+    except OSError:
+        return build_identity_network(read_dlib_network(Path(path)))  # which says what is wrong with the file
+    key = (str(Path(path).resolve()), status.st_size, status.st_mtime_ns)
+    if key not in _NETWORKS:
+        _NETWORKS[key] = build_identity_network(read_dlib_network(Path(path)))
+    return _NETWORKS[key]
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """Descriptors [N, 128] of chips [N, 150, 150, 3] (RGB uint8)."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from celebrity_crops import SHARED
+from fakes import FakeDetector
 from facecls import sort as sort_module
 from facecls.classify import NO_FACE, UNKNOWN, UNREADABLE, Classifier, classify
 from facecls.cli import main
@@ -174,16 +175,17 @@ def test_every_hard_case_gets_a_row_and_inputs_stay_byte_identical(model, tmp_pa
 
 
 def test_a_half_written_row_is_dropped_and_its_photo_redone(model, tmp_path):
+    """(The fake detector: what is checked is how the rows are repaired, not who is found.)"""
     photos = small_set(tmp_path / "in")
     out = tmp_path / "out"
-    classify(model[0], [tmp_path / "in"], out, sort="none", workers=1)
+    classify(model[0], [tmp_path / "in"], out, sort="none", workers=1, detector_factory=FakeDetector)
     complete = read_rows(out)
     data = (out / "predictions.csv").read_bytes()
     lines = data.splitlines(keepends=True)
     # keep the header and the first photo, then half of the next line, as a kill -9 would leave
     first_photo = [line for line in lines[1:] if line.startswith(lines[1].split(b",")[0] + b",")]
     (out / "predictions.csv").write_bytes(lines[0] + b"".join(first_photo) + lines[1 + len(first_photo)][:30])
-    result = classify(model[0], [tmp_path / "in"], out, sort="none", workers=1)
+    result = classify(model[0], [tmp_path / "in"], out, sort="none", workers=1, detector_factory=FakeDetector)
     assert result.skipped == 1 and result.classified == len(photos) - 1
     rows = read_rows(out)
     key = lambda row: (row["path"], row["face"], row["label"], row["status"])  # noqa: E731
@@ -218,6 +220,7 @@ def check_nothing_lost(photos: dict[str, Path], out: Path, originals: dict[str, 
 
 @pytest.mark.parametrize("interrupt_in", ["place", "finish"])
 def test_move_interrupted_then_rerun_loses_nothing(model, tmp_path, monkeypatch, interrupt_in):
+    """(The fake detector finds 0-2 faces a photo: the photos go to no_face/, unknown/ and the people's folders.)"""
     photos = small_set(tmp_path / "in")
     originals = {name: sha(path) for name, path in photos.items()}
     out = tmp_path / "out"
@@ -234,12 +237,12 @@ def test_move_interrupted_then_rerun_loses_nothing(model, tmp_path, monkeypatch,
 
     monkeypatch.setattr(sort_module.Sorter, interrupt_in, interrupted)
     with pytest.raises(KeyboardInterrupt):
-        classify(model[0], [tmp_path / "in"], out, sort="move", workers=1)
+        classify(model[0], [tmp_path / "in"], out, sort="move", workers=1, detector_factory=FakeDetector)
     monkeypatch.undo()
     # nothing is lost midway: every photo is still in the input or fully in the output
     for name, digest in originals.items():
         assert photos[name].exists() or digest in snapshot_contents(out), name
-    classify(model[0], [tmp_path / "in"], out, sort="move", workers=1)
+    classify(model[0], [tmp_path / "in"], out, sort="move", workers=1, detector_factory=FakeDetector)
     check_nothing_lost(photos, out, originals)
 
 

@@ -697,11 +697,11 @@ def test_quiet_silences_the_libraries_warnings(tmp_path, recwarn):
 
 
 def test_reserved_person_names_cover_every_name_classify_writes_beside_the_label_folders():
-    from facecls import classify, report
+    from facecls import layout, outputs
     from facecls.paths import RESERVED_PERSON_NAMES, person_name_problem
 
-    written = {classify.UNKNOWN, classify.NO_FACE, classify.UNREADABLE, classify.ANNOTATED_FOLDER, classify.PREDICTIONS_CSV,
-               classify.PREDICTIONS_JSONL, classify.SUMMARY_NAME, report.REPORT_NAME, report.FILES_FOLDER}  # fmt: skip
+    written = {outputs.UNKNOWN, outputs.NO_FACE, outputs.UNREADABLE, outputs.ANNOTATED_FOLDER, outputs.PREDICTIONS_CSV,
+               outputs.PREDICTIONS_JSONL, outputs.SUMMARY_NAME, layout.REPORT_NAME, layout.REPORT_FILES_FOLDER}  # fmt: skip
     assert written <= set(RESERVED_PERSON_NAMES)
     assert all(person_name_problem(name.upper()) for name in written)  # case-insensitive file systems too
 
