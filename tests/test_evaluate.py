@@ -36,15 +36,6 @@ def test_wilson_interval_matches_known_values():
         wilson_interval(0, 0)
 
 
-def test_wilson_interval_equals_scipy_binomtest():
-    from scipy.stats import binomtest
-
-    for count in [*range(1, 21), 100, 1000]:
-        for successes in range(count + 1):
-            theirs = binomtest(successes, count).proportion_ci(method="wilson")
-            np.testing.assert_allclose(wilson_interval(successes, count), (theirs.low, theirs.high), rtol=0, atol=1e-15)
-
-
 def test_report_on_the_val_split(setup, tmp_path):
     loaded, crops_dir, items = setup
     crops = load_split_crops(items, crops_dir, "val")
