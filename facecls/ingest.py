@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "ingest.csv"
 SUMMARY_NAME = "ingest.json"
-STATUSES = ("ok", "unreadable", "not_image", "too_small", "too_large", "duplicate", "near_duplicate", "no_person")
-USABLE_STATUSES = ("ok",)
 # Bytes per pixel above which a file is too large to hash or decode, whatever it holds: well
 # over what any format needs (16-bit RGBA uncompressed TIFF: 8).
 MAX_FILE_BYTES_PER_PIXEL = 8

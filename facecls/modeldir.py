@@ -32,7 +32,8 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 INFO_FILE = "facecls.json"
 HISTORY_FILE = "history.json"
-RESERVED_FILES = (MODEL_FILE, INFO_FILE, HISTORY_FILE)
+OPEN_SET_FILE = "openset.npz"  # the open-set ('unknown') arrays, written by facecls.openset
+RESERVED_FILES = (MODEL_FILE, INFO_FILE, HISTORY_FILE, OPEN_SET_FILE)
 # Settings that older model dirs record but that no longer exist; they say how a model was
 # trained, not how to use it, so reading such a dir ignores them.
 RETIRED_TRAIN_KEYS = frozenset({"head_learning_rate"})  # the head's Adam step, before L-BFGS
@@ -395,10 +396,6 @@ def load_model_dir(path: Path) -> LoadedModel:
             "the folder was modified. Retrain."
         )
     return LoadedModel(model=model, info=info, path=path)
-
-
-# The open-set ("unknown") model: plain numpy arrays written by facecls.openset at calibration.
-OPEN_SET_FILE = "openset.npz"
 
 
 def write_open_set(path: Path, arrays: dict[str, Any], unknown_threshold: float, open_set_format: int) -> None:
