@@ -186,11 +186,11 @@ def command_train(args) -> int:
     detect_settings, crop_settings = _settings_from_crop_summary(out / "crop")
     items = read_splits(out / "curate" / "splits.csv")
     check_weights(_train_settings(args))
-    from facecls.openset import calibrate_from_crops, calibration_summary
+    from facecls.openset import calibration_summary
     from facecls.train import train_model
 
     result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
-    calibration = calibrate_from_crops(model_dir, out / "crop", items)
+    calibration = result.calibration
     accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.3f}"
     _summary(
         args,

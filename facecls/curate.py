@@ -135,10 +135,11 @@ def balance_training(
                 balanced.append(person_items[index])
                 repeated[person_items[index].crop_path] = repeated.get(person_items[index].crop_path, 0) + 1
     elif policy == "weight":
-        total = sum(counts.values())
-        for person in sorted(by_person):
-            weight = total / (len(counts) * counts[person])
-            balanced.extend(replace(item, weight=round(weight, 6)) for item in by_person[person])
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        ordered = [item for person in sorted(by_person) for item in by_person[person]]
+        weights = compute_sample_weight("balanced", [item.person for item in ordered])
+        balanced.extend(replace(item, weight=round(float(weight), 6)) for item, weight in zip(ordered, weights))
     else:
         raise FaceclsError(f"balance must be one of undersample, oversample, weight, none. Received: {policy!r}")
     return balanced, dropped, repeated

@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "ingest.csv"
 SUMMARY_NAME = "ingest.json"
-STATUSES = ("ok", "unreadable", "not_image", "too_small", "too_large", "duplicate", "near_duplicate", "no_person")
-USABLE_STATUSES = ("ok",)
 # Bytes per pixel above which a file is too large to hash or decode, whatever it holds: well
 # over what any format needs (16-bit RGBA uncompressed TIFF: 8).
 MAX_FILE_BYTES_PER_PIXEL = 8
@@ -246,42 +244,36 @@ def _keep_order(record: IngestRecord) -> tuple:
 
 def mark_duplicates(records: list[IngestRecord], max_distance: int) -> list[IngestRecord]:
     """Group exact and near duplicates (mirrors included); keep one photo per group."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     usable = [index for index, record in enumerate(records) if record.status == "ok"]
-    parent = {index: index for index in usable}
-
-    def find(index: int) -> int:
-        while parent[index] != index:
-            parent[index] = parent[parent[index]]
-            index = parent[index]
-        return index
-
-    def union(first: int, second: int) -> None:
-        root_first, root_second = find(first), find(second)
-        if root_first != root_second:
-            parent[max(root_first, root_second)] = min(root_first, root_second)
-
+    first: list[int] = []  # edges between positions in usable
+    second: list[int] = []
     by_sha: dict[str, int] = {}
-    for index in usable:
+    for position, index in enumerate(usable):
         sha = records[index].sha256
         if sha in by_sha:
-            union(by_sha[sha], index)
+            first.append(by_sha[sha])
+            second.append(position)
         else:
-            by_sha[sha] = index
+            by_sha[sha] = position
 
-    if usable:
-        hashes = np.array([int(records[index].dhash, 16) for index in usable], dtype=np.uint64)
-        mirrors = np.array([int(records[index].dhash_mirror, 16) for index in usable], dtype=np.uint64)
-        for position, index in enumerate(usable[:-1]):
-            later = hashes[position + 1 :]
-            distance = np.minimum(
-                np.bitwise_count(later ^ hashes[position]), np.bitwise_count(later ^ mirrors[position])
-            )
-            for offset in np.flatnonzero(distance <= max_distance):
-                union(index, usable[position + 1 + int(offset)])
+    hashes = np.array([int(records[index].dhash, 16) for index in usable], dtype=np.uint64)
+    mirrors = np.array([int(records[index].dhash_mirror, 16) for index in usable], dtype=np.uint64)
+    for position in range(len(usable) - 1):
+        later = hashes[position + 1 :]
+        distance = np.minimum(np.bitwise_count(later ^ hashes[position]), np.bitwise_count(later ^ mirrors[position]))
+        close = np.flatnonzero(distance <= max_distance) + position + 1
+        first.extend([position] * len(close))
+        second.extend(close.tolist())
 
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(usable), len(usable)))
+    _, component_of = connected_components(graph, directed=False)
     members: dict[int, list[int]] = defaultdict(list)
-    for index in usable:
-        members[find(index)].append(index)
+    for position, index in enumerate(usable):
+        members[int(component_of[position])].append(index)
+
     result = list(records)
     for group in members.values():
         kept = min(group, key=lambda index: _keep_order(records[index]))

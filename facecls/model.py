@@ -184,14 +184,6 @@ def base_of(classifier: keras.Model) -> keras.Model:
     return nested[0]
 
 
-def image_size_of(model: keras.Model) -> int:
-    return int(model.input_shape[1])
-
-
-def num_classes_of(model: keras.Model) -> int:
-    return int(model.output_shape[-1])
-
-
 def _producer(tensor) -> keras.layers.Layer:
     return tensor._keras_history.operation
 

@@ -31,7 +31,8 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 INFO_FILE = "facecls.json"
 HISTORY_FILE = "history.json"
-RESERVED_FILES = (MODEL_FILE, INFO_FILE, HISTORY_FILE)
+OPEN_SET_FILE = "openset.npz"  # the open-set ('unknown') arrays, written by facecls.openset
+RESERVED_FILES = (MODEL_FILE, INFO_FILE, HISTORY_FILE, OPEN_SET_FILE)
 # Settings that older model dirs record but that no longer exist; they say how a model was
 # trained, not how to use it, so reading such a dir ignores them.
 RETIRED_TRAIN_KEYS = frozenset({"head_learning_rate"})  # the head's Adam step, before L-BFGS
@@ -243,6 +244,7 @@ def save_model_dir(
     info: ModelInfo,
     history: dict[str, Any] | None = None,
     extra_files: dict[str, bytes] | None = None,
+    open_set: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete model dir at ``path``, replacing an older model dir there.
 
@@ -255,6 +257,8 @@ def save_model_dir(
         info: what to store in facecls.json.
         history: per-epoch training curves, stored as history.json.
         extra_files: report files (plots) by file name.
+        open_set: the open-set arrays (facecls.openset), stored as openset.npz; ``info`` carries
+            their ``unknown_threshold`` and ``open_set_format``.
 
     Raises:
         ModelDirError: ``path`` exists and is not a model dir (it is never deleted then).
@@ -275,6 +279,8 @@ def save_model_dir(
         write_json(temporary / HISTORY_FILE, history or {})
         for name, data in extra_files.items():
             atomic_write_bytes(temporary / name, data)
+        if open_set is not None:
+            atomic_write_bytes(temporary / OPEN_SET_FILE, _open_set_bytes(open_set))
         write_json(temporary / INFO_FILE, info_to_dict(info))
         _replace_directory(temporary, path)
     except BaseException:
@@ -393,10 +399,6 @@ def load_model_dir(path: Path) -> LoadedModel:
     return LoadedModel(model=model, info=info, path=path)
 
 
-# The open-set ("unknown") model: plain numpy arrays written by facecls.openset at calibration.
-OPEN_SET_FILE = "openset.npz"
-
-
 def write_open_set(path: Path, arrays: dict[str, Any], unknown_threshold: float, open_set_format: int) -> None:
     """Store the open-set arrays in a model dir and set its ``unknown_threshold`` and ``open_set_format``.
 
@@ -407,19 +409,23 @@ def write_open_set(path: Path, arrays: dict[str, Any], unknown_threshold: float,
         ModelDirError: ``path`` is not a complete model dir.
         FaceclsError: the threshold is not between 0 and 1.
     """
-    import io
-
-    import numpy as np
-
     path = Path(path)
     if not (0.0 <= float(unknown_threshold) <= 1.0):
         raise FaceclsError(f"unknown_threshold must be between 0 and 1. Received: {unknown_threshold}")
     info = read_model_info(path)
-    buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
-    atomic_write_bytes(path / OPEN_SET_FILE, buffer.getvalue())
+    atomic_write_bytes(path / OPEN_SET_FILE, _open_set_bytes(arrays))
     updated = dataclasses.replace(info, unknown_threshold=float(unknown_threshold), open_set_format=int(open_set_format))
     write_json(path / INFO_FILE, info_to_dict(updated))
+
+
+def _open_set_bytes(arrays: dict[str, Any]) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    return buffer.getvalue()
 
 
 def read_open_set(path: Path) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ people a face scores at least the threshold against are the people it could be; 
 probable of them, and a face that could be none is ``unknown`` (``OpenSetModel.decide``). So a
 stranger, or a bystander in a known person's photo, is named only when the identity agrees.
 
-Everything here is numpy on descriptors; only ``calibrate_model_dir`` runs networks.
+Everything here is numpy on descriptors; only ``calibrate_classifier`` runs networks.
 """
 
 from __future__ import annotations
@@ -302,22 +302,24 @@ def _read_images(folder: Path, paths: Sequence[str], size: int, what: str, fix: 
     return pixels
 
 
-def calibrate_model_dir(
-    model_dir: Path,
+def calibrate_classifier(
+    model,
+    labels: Sequence[str],
     crops_dir: Path,
     items: list,
     stranger_crop_paths: list[str],
     stranger_persons: Sequence[str] | None = None,
     batch_size: int = 32,
-) -> OpenSetCalibration:
-    """Calibrate ``unknown`` for a trained model dir and store it there (``openset.npz``, ``unknown_threshold``).
+) -> tuple[OpenSetModel, OpenSetCalibration]:
+    """Calibrate ``unknown`` for a classifier (Keras model, outputs in ``labels`` order); writes nothing.
 
     The references are the identity descriptors of the train items' chips, the negatives those of
     ``stranger_crop_paths`` (e.g. the crop stage's ``others.csv``); the val and test items are only
     measured (``held_out_recall``, ``known_accuracy``), as classify decides.
 
     Args:
-        model_dir: a model dir written by the train stage.
+        model: the classifier, [0, 255] pixels in, probabilities out.
+        labels: the classifier's labels in output order.
         crops_dir: the crop stage's folder, which the items' and strangers' crop paths are
             relative to and which holds their identity chips (``facecls.crop.chip_path_of``).
         items: ``SplitItem``s of curate (all splits; flips are left out).
@@ -326,18 +328,15 @@ def calibrate_model_dir(
             which that face does not tighten.
 
     Raises:
-        FaceclsError: no train items of some person, unreadable crops or chips, or a bad model dir.
+        FaceclsError: no train items of some person, an item of another person, unreadable crops or chips.
     """
     from dataclasses import replace
 
-    from facecls import modeldir
     from facecls.crop import chip_path_of
     from facecls.identity import CHIP_SIZE, IdentityEncoder
     from facecls.model import predict_batched
 
-    model_dir, crops_dir = Path(model_dir), Path(crops_dir)
-    loaded = modeldir.load_model_dir(model_dir)
-    labels = loaded.labels
+    crops_dir, labels = Path(crops_dir), tuple(labels)
     class_of = {label: index for index, label in enumerate(labels)}
     outside = sorted({item.person for item in items} - set(labels))
     if outside:
@@ -351,7 +350,7 @@ def calibrate_model_dir(
 
     train = sorted({(item.crop_path, item.person) for item in items if item.split == "train" and not item.flipped})
     held_out = sorted({(item.crop_path, item.person) for item in items if item.split in ("val", "test") and not item.flipped})
-    model, calibration = calibrate_arrays(
+    open_set, calibration = calibrate_arrays(
         labels,
         describe([path for path, _ in train]),
         np.array([class_of[person] for _, person in train]),
@@ -361,15 +360,53 @@ def calibrate_model_dir(
     )
     if held_out:
         paths = [path for path, _ in held_out]
-        crops = _read_images(crops_dir, paths, loaded.info.image_size, "crop", "Re-crop with the model's image_size.")
-        probabilities = np.asarray(predict_batched(loaded.model, crops, batch_size)).reshape(len(paths), len(labels))
-        named, _ = model.decide(describe(paths), probabilities, calibration.threshold)
+        image_size = int(model.input_shape[1])
+        crops = _read_images(crops_dir, paths, image_size, "crop", "Re-crop with the model's image_size.")
+        probabilities = np.asarray(predict_batched(model, crops, batch_size)).reshape(len(paths), len(labels))
+        named, _ = open_set.decide(describe(paths), probabilities, calibration.threshold)
         truth = np.array([class_of[person] for _, person in held_out])
         calibration = replace(calibration, held_out_recall=float(np.mean(named >= 0)),
                               known_accuracy=float(np.mean(named == truth)), held_out_count=len(held_out))
-    modeldir.write_open_set(model_dir, model.to_arrays(), calibration.threshold, OPEN_SET_FORMAT)
     logger.info("Open set: %s", calibration_summary(calibration))
+    return open_set, calibration
+
+
+def calibrate_model_dir(
+    model_dir: Path,
+    crops_dir: Path,
+    items: list,
+    stranger_crop_paths: list[str],
+    stranger_persons: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> OpenSetCalibration:
+    """Calibrate ``unknown`` for an existing model dir and store it there (``openset.npz``, ``unknown_threshold``).
+
+    What ``calibrate_classifier`` does, with the model dir's classifier and labels.
+
+    Raises:
+        FaceclsError: what ``calibrate_classifier`` raises, or a bad model dir.
+    """
+    from facecls import modeldir
+
+    loaded = modeldir.load_model_dir(Path(model_dir))
+    open_set, calibration = calibrate_classifier(loaded.model, loaded.labels, crops_dir, items, stranger_crop_paths,
+                                                 stranger_persons, batch_size)
+    modeldir.write_open_set(model_dir, open_set.to_arrays(), calibration.threshold, OPEN_SET_FORMAT)
     return calibration
+
+
+def strangers_from_crops(crops_dir: Path, items: list) -> tuple[list[str], list[str]]:
+    """The crop stage's other faces (``others.csv``) as negatives: (crop paths, person of their photo).
+
+    The other faces of test photos are left out, so the test split stays unseen.
+    """
+    from facecls.crop import OTHERS_MANIFEST, read_crops_manifest
+
+    others = Path(crops_dir) / OTHERS_MANIFEST
+    test_photos = {item.source_path for item in items if item.split == "test"}
+    records = read_crops_manifest(others) if others.exists() else []
+    strangers = [record for record in records if record.source_path not in test_photos]
+    return [record.crop_path for record in strangers], [record.person for record in strangers]
 
 
 def calibration_summary(calibration: OpenSetCalibration) -> str:
@@ -387,18 +424,8 @@ def calibration_summary(calibration: OpenSetCalibration) -> str:
 
 
 def calibrate_from_crops(model_dir: Path, crops_dir: Path, items: list) -> OpenSetCalibration:
-    """``calibrate_model_dir`` with the crop stage's other faces (``others.csv``) as the negatives.
-
-    The other faces of test photos are left out, so the test split stays unseen.
-    """
-    from facecls.crop import OTHERS_MANIFEST, read_crops_manifest
-
-    others = Path(crops_dir) / OTHERS_MANIFEST
-    test_photos = {item.source_path for item in items if item.split == "test"}
-    records = read_crops_manifest(others) if others.exists() else []
-    strangers = [record for record in records if record.source_path not in test_photos]
-    return calibrate_model_dir(model_dir, crops_dir, items, [record.crop_path for record in strangers],
-                               [record.person for record in strangers])
+    """``calibrate_model_dir`` with the crop stage's other faces as the negatives (``strangers_from_crops``)."""
+    return calibrate_model_dir(model_dir, crops_dir, items, *strangers_from_crops(crops_dir, items))
 
 
 def recalibrate(model_dir: Path, crops_dir: Path | None = None) -> OpenSetCalibration:

@@ -121,17 +121,19 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     curated = curate(run_dir / "crop" / "crops.csv", run_dir / "curate", settings.curate)
 
     fingerprint = _training_fingerprint(curated.manifest_path, settings)
-    trained = True
-    if _reusable(previous, fingerprint, model_dir):
-        logger.info("Reusing %s: same splits and settings as the last run", model_dir)
-        trained = False
-    else:
+    trained = not _reusable(previous, fingerprint, model_dir)
+    open_set = None if trained else previous.get("open_set")
+    if trained:  # training calibrates 'unknown' before it saves the model dir
         from facecls.train import train_model
 
-        train_model(curated.items, run_dir / "crop", settings.train, model_dir, settings.crop, settings.detect)
-    open_set = previous.get("open_set") if not trained else None
-    if trained or not open_set or not _open_set_current(model_dir):  # a reused model calibrated by an older facecls too
-        calibration = calibrate_from_crops(model_dir, run_dir / "crop", curated.items)
+        calibration = train_model(curated.items, run_dir / "crop", settings.train, model_dir, settings.crop,
+                                  settings.detect).calibration
+    else:
+        logger.info("Reusing %s: same splits and settings as the last run", model_dir)
+        calibration = None
+        if not open_set or not _open_set_current(model_dir):  # calibrated by an older facecls
+            calibration = calibrate_from_crops(model_dir, run_dir / "crop", curated.items)
+    if calibration is not None:
         open_set = {
             "unknown_threshold": calibration.threshold,
             "known_recall": calibration.known_recall,

@@ -31,7 +31,8 @@ def open_set_model():
     folder = Path(tempfile.mkdtemp(prefix="facecls-classify-model-"))
     atexit.register(shutil.rmtree, folder, True)
     settings = TrainSettings(weights=str(WEIGHTS_035_H5), fine_tune_from="")  # the head fitted to convergence
-    train_model(known, crops_dir, settings, folder / "model", CropSettings(image_size=SIZE), DetectSettings())
+    train_model(known, crops_dir, settings, folder / "model", CropSettings(image_size=SIZE), DetectSettings(),
+                calibrate=False)
     calibration = calibrate_model_dir(folder / "model", crops_dir, known, [])  # the stranger stays unseen
     return folder / "model", calibration, crops_dir, tuple(known), tuple(stranger)
 

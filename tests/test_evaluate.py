@@ -23,7 +23,8 @@ def setup(tmp_path_factory):
     crops_dir, items = celebrity_crops(SIZE)
     model_dir = tmp_path_factory.mktemp("evaluate") / "model"
     head_only = TrainSettings(weights=str(WEIGHTS_035_H5), head_epochs=15, fine_tune_from="")
-    train_model(items, crops_dir, head_only, model_dir, CropSettings(image_size=SIZE), DetectSettings())
+    train_model(items, crops_dir, head_only, model_dir, CropSettings(image_size=SIZE), DetectSettings(),
+                calibrate=False)
     return load_model_dir(model_dir), crops_dir, items
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from facecls.config import IngestSettings
 from facecls.errors import FaceclsError
 from facecls.images import decode_image
-from facecls.ingest import IngestRecord, ingest, read_ingest_manifest
+from facecls.ingest import IngestRecord, ingest, mark_duplicates, read_ingest_manifest
 from facecls.paths import RESERVED_PERSON_NAMES
 
 LEAK_TRAIN = "train/ben_afflek/httpssmediacacheakpinimgcomxeebdfdbaaajpg.jpg"
@@ -355,3 +355,38 @@ def test_generated_scrape_is_byte_identical_after_ingest(duplicates_scrape, tmp_
     ingest(scrape, tmp_path / "out")
     assert folder_snapshot(scrape) == before
     assert set(before) == all_files(scrape)  # nothing added either
+
+
+def _hashed_records(count: int, seed: int) -> list[IngestRecord]:
+    """Usable records with random dHashes in a few tight clusters (chains across them), some byte-identical."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 2**63, size=6, dtype=np.uint64)
+    records = []
+    for index in range(count):
+        value = int(centres[index % 6]) ^ sum(1 << int(bit) for bit in rng.choice(64, size=rng.integers(0, 9), replace=False))
+        sha = f"{index // 3 if index % 7 == 0 else index + 1000:064x}"
+        records.append(IngestRecord(f"p{index % 3}/{index}.jpg", f"p{index % 3}", sha, "JPEG", 100 + index % 5, 100,
+                                    "ok", "", "", "", f"{value:016x}", f"{value ^ 0xFF:016x}"))
+    return records
+
+
+def test_duplicate_groups_are_the_connected_components_of_the_near_duplicate_graph():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    for seed, distance in ((0, 4), (1, 8), (2, 12)):
+        records = _hashed_records(300, seed)
+        marked = mark_duplicates(records, distance)
+        hashes = np.array([int(record.dhash, 16) for record in records], dtype=np.uint64)
+        mirrors = np.array([int(record.dhash_mirror, 16) for record in records], dtype=np.uint64)
+        near = np.minimum(np.bitwise_count(hashes[:, None] ^ hashes[None, :]),
+                          np.bitwise_count(hashes[:, None] ^ mirrors[None, :])) <= distance
+        same = np.array([[a.sha256 == b.sha256 for b in records] for a in records])
+        rows, columns = np.nonzero(near | same)
+        graph = coo_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(records), len(records)))
+        _, components = connected_components(graph, directed=False)
+        kept = {}
+        for index in sorted(range(len(records)), key=lambda i: (-records[i].width * records[i].height, records[i].path)):
+            kept.setdefault(components[index], records[index])
+        assert [record.group for record in marked] == [kept[component].sha256[:16] for component in components]
+        assert len(set(components)) < len(records) // 2  # the clusters did merge

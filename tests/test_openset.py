@@ -161,3 +161,9 @@ def test_write_open_set_refuses_a_threshold_outside_zero_one(calibrated, tmp_pat
         modeldir.write_open_set(model_dir, {}, 1.5, 2)
     with pytest.raises(ModelDirError, match="not a model dir"):
         modeldir.write_open_set(tmp_path / "missing", {}, 0.5, 2)
+
+
+def test_openset_npz_is_reserved_so_no_report_file_can_overwrite_it(tmp_path):
+    with pytest.raises(FaceclsError, match="openset.npz"):
+        modeldir.save_model_dir(tmp_path / "model", None, None, extra_files={modeldir.OPEN_SET_FILE: b"plot"})
+    assert not (tmp_path / "model").exists()

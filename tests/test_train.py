@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -72,12 +73,32 @@ def test_model_dir_describes_the_run(trained):
     assert (trained.model_dir / CURVES_FILE).read_bytes().startswith(b"\x89PNG")
 
 
+def test_training_calibrates_unknown_before_its_one_save(trained, crops, tmp_path):
+    from facecls.openset import OPEN_SET_FORMAT, calibrate_model_dir, load_open_set, strangers_from_crops
+
+    crops_dir, items = crops
+    calibration = trained.calibration
+    assert calibration.known_count == 93 and calibration.held_out_count == 25 and calibration.known_recall >= 0.9
+    info = json.loads((trained.model_dir / "facecls.json").read_text())
+    assert info["unknown_threshold"] == calibration.threshold and info["open_set_format"] == OPEN_SET_FORMAT
+    assert load_open_set(trained.model_dir, trained.labels).person_distances.tolist() == list(
+        calibration.person_distances.values())
+    # Calibrating the saved model dir again, as train-then-calibrate did, finds and stores exactly the same.
+    copy = tmp_path / "model"
+    shutil.copytree(trained.model_dir, copy)
+    assert calibrate_model_dir(copy, crops_dir, items, *strangers_from_crops(crops_dir, items)) == calibration
+    assert json.loads((copy / "facecls.json").read_text()) == info
+    with np.load(trained.model_dir / "openset.npz") as saved, np.load(copy / "openset.npz") as recalibrated:
+        assert saved.files == recalibrated.files
+        assert all(np.array_equal(saved[name], recalibrated[name]) for name in saved.files)
+
+
 def test_fine_tuning_changes_only_the_top_and_never_batchnorm_statistics(crops, tmp_path):
     crops_dir, items = crops
     train_only = [item for item in items if item.split == "train"]  # no val: fine-tuning is always kept
     result = train_model(
         train_only, crops_dir, settings(head_epochs=3, fine_tune_epochs=2),
-        tmp_path / "model", CROP, DETECT,
+        tmp_path / "model", CROP, DETECT, calibrate=False,
     )
     assert result.val_accuracy is None and result.fine_tune_kept and result.fine_tune_epochs_run == 2
     trained_base = base_of(load_model_dir(tmp_path / "model").model)
