@@ -8,7 +8,7 @@ One run does it all on the shared photos (../shared/data):
    model never saw (the other scraped people, 5-celebrity-faces, hard cases without the known
    people); prints the known recall (faces not called unknown) and the strangers' rejection.
 3. Speed: the same photos (scraped-celebs-6 + 5-celebrity-faces, repeated to --photos) through
-   ``facecls.classify.classify`` and through a naive loop -- per photo ``MTCNN.detect_faces``
+   ``facecls.classifier.classify`` and through a naive loop -- per photo ``MTCNN.detect_faces``
    on the full photo, then ``model.predict`` on each crop -- each in a fresh process timed end
    to end (imports and model loading included); prints photos/s of both and the ratio (goal >= 3x).
 4. Memory: ``classify`` on 1,000 and 5,000 photos (repeats), each in a fresh process; prints the
@@ -97,7 +97,7 @@ def open_set_report(model_dir: Path, crop_dir: Path, held_out, known: tuple[str,
     """
     import numpy as np
 
-    from facecls.classify import UNKNOWN, Classifier
+    from facecls.classifier import UNKNOWN, Classifier
     from facecls.crop import read_crops_manifest
 
     boxes = {record.crop_path: record for record in read_crops_manifest(crop_dir / "crops.csv")}
@@ -176,7 +176,7 @@ def run_naive(model_dir: Path, paths: list[Path]) -> float:
 
 
 def run_facecls(model_dir: Path, folder: Path, out: Path) -> float:
-    from facecls.classify import classify
+    from facecls.classifier import classify
 
     started = time.perf_counter()
     classify(model_dir, [folder], out)

@@ -28,11 +28,13 @@ _PUBLIC = {
     "CropSettings": "facecls.config",
     "CurateSettings": "facecls.config",
     "TrainSettings": "facecls.config",
-    "RunSettings": "facecls.run",
+    "RunSettings": "facecls.pipeline",
     # the stages (ingest, crop and curate are the functions of the modules of those names)
     "train_model": "facecls.train",
     "evaluate_crops": "facecls.evaluate",
-    "Classifier": "facecls.classify",
+    "run": "facecls.pipeline",
+    "classify": "facecls.classifier",
+    "Classifier": "facecls.classifier",
     "FaceCropper": "facecls.faces",
     # records
     "IngestRecord": "facecls.ingest",
@@ -47,10 +49,10 @@ _PUBLIC = {
     "CurateResult": "facecls.curate",
     "TrainResult": "facecls.train",
     "EvaluationReport": "facecls.evaluate",
-    "RunResult": "facecls.run",
+    "RunResult": "facecls.pipeline",
     "FacePrediction": "facecls.predictions",
     "PhotoPrediction": "facecls.predictions",
-    "ClassifyResult": "facecls.classify",
+    "ClassifyResult": "facecls.classifier",
     "ModelInfo": "facecls.modeldir",
     "RunLayout": "facecls.layout",
     # errors

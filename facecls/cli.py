@@ -25,6 +25,7 @@ from facecls.config import (
     settings_from_dict,
 )
 from facecls.errors import FaceclsError
+from facecls.layout import CROP_SUMMARY, EVALUATION_FOLDER, RunLayout
 from facecls.quiet import silence_tensorflow_start_up
 
 logger = logging.getLogger("facecls")
@@ -83,8 +84,8 @@ def _train_settings(args) -> TrainSettings:
 
 
 def _run_settings(args):
-    """The facecls.run.RunSettings of run and demo: every settings record, from its options."""
-    from facecls.run import RunSettings
+    """The facecls.pipeline.RunSettings of run and demo: every settings record, from its options."""
+    from facecls.pipeline import RunSettings
 
     return RunSettings(
         ingest=_settings(IngestSettings, args),
@@ -100,10 +101,9 @@ def _add_workers_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings_from_crop_summary(crop_dir: Path) -> tuple[DetectSettings, CropSettings]:
-    from facecls.layout import CROP_SUMMARY as SUMMARY_NAME
     from facecls.manifest import read_json
 
-    summary_path = crop_dir / SUMMARY_NAME
+    summary_path = crop_dir / CROP_SUMMARY
     if not summary_path.exists():
         raise FaceclsError(f"{summary_path} not found. Run `facecls crop` into this run folder first.")
     summary = read_json(summary_path)
@@ -139,11 +139,11 @@ def command_crop(args) -> int:
     from facecls.crop import crop
 
     out = Path(args.out)
-    manifest = Path(args.ingest_manifest) if args.ingest_manifest else out / "ingest.csv"
+    manifest = Path(args.ingest_manifest) if args.ingest_manifest else RunLayout(out).ingest_manifest
     if not manifest.exists():
         raise FaceclsError(f"Ingest manifest not found: {manifest}. Run `facecls ingest {args.scrape} --out {out}` first.")
     result = crop(
-        Path(args.scrape), manifest, out / "crop", _settings(DetectSettings, args), _settings(CropSettings, args),
+        Path(args.scrape), manifest, RunLayout(out).crop_dir, _settings(DetectSettings, args), _settings(CropSettings, args),
         workers=args.workers,
     )
     counts = ", ".join(f"{status} {count}" for status, count in sorted(result.counts.items()))
@@ -162,7 +162,8 @@ def command_curate(args) -> int:
     from facecls.curate import curate
 
     out = Path(args.out)
-    result = curate(out / "crop" / "crops.csv", out / "curate", _settings(CurateSettings, args))
+    layout = RunLayout(out)
+    result = curate(layout.crops_manifest, layout.curate_dir, _settings(CurateSettings, args))
     totals = {split: sum(counts[split] for counts in result.counts.values()) for split in ("train", "val", "test")}
     _summary(
         args,
@@ -176,20 +177,21 @@ def command_curate(args) -> int:
 
 def command_train(args) -> int:
     from facecls.curate import read_splits
-    from facecls.run import check_weights
+    from facecls.pipeline import check_weights
 
     from facecls.paths import check_output_folder
 
     out = Path(args.out)
-    model_dir = Path(args.model_dir) if args.model_dir else out / "model"
+    layout = RunLayout(out)
+    model_dir = Path(args.model_dir) if args.model_dir else layout.model_dir
     check_output_folder(model_dir, option="--model-dir")
-    detect_settings, crop_settings = _settings_from_crop_summary(out / "crop")
-    items = read_splits(out / "curate" / "splits.csv")
+    detect_settings, crop_settings = _settings_from_crop_summary(layout.crop_dir)
+    items = read_splits(layout.splits_manifest)
     check_weights(_train_settings(args))
     from facecls.openset import calibration_summary
     from facecls.train import train_model
 
-    result = train_model(items, out / "crop", _train_settings(args), model_dir, crop_settings, detect_settings)
+    result = train_model(items, layout.crop_dir, _train_settings(args), model_dir, crop_settings, detect_settings)
     calibration = result.calibration
     accuracy = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.3f}"
     _summary(
@@ -224,7 +226,7 @@ def command_evaluate(args) -> int:
 
     from facecls.paths import check_output_folder
 
-    out = Path(args.out) if args.out else Path(args.model_dir) / "evaluation" / Path(args.folder).name
+    out = Path(args.out) if args.out else Path(args.model_dir) / EVALUATION_FOLDER / Path(args.folder).name
     check_output_folder(out, [Path(args.folder)])
     loaded = load_model_dir(Path(args.model_dir))
     found = crops_from_labelled_folder(loaded, Path(args.folder), workers=args.workers)
@@ -247,7 +249,7 @@ def command_evaluate(args) -> int:
 
 
 def command_run(args) -> int:
-    from facecls.run import run
+    from facecls.pipeline import run
 
     result = run(Path(args.scrape), Path(args.out), _run_settings(args),
                  model_dir=Path(args.model_dir) if args.model_dir else None, workers=args.workers)
@@ -282,7 +284,7 @@ def _run_summary(args, result, extra: dict | None = None) -> None:
 
 
 def command_classify(args) -> int:
-    from facecls.classify import classify
+    from facecls.classifier import classify
 
     if args.engine == "ray":
         return _classify_on_ray(args)

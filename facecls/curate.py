@@ -18,12 +18,11 @@ import numpy as np
 from facecls.config import CurateSettings, settings_to_dict
 from facecls.crop import CropRecord
 from facecls.errors import FaceclsError
+from facecls.layout import CURATE_SUMMARY, SPLITS_MANIFEST
 from facecls.manifest import field_names, output_lock, read_csv, write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
-SPLITS_MANIFEST = "splits.csv"
-SUMMARY_NAME = "curate.json"
 SPLITS = ("train", "val", "test")
 MIN_TRAIN_GROUPS = 2
 
@@ -179,7 +178,7 @@ def curate(crops_manifest: Path, out_dir: Path, settings: CurateSettings = Curat
         manifest_path = out_dir / SPLITS_MANIFEST
         write_csv(manifest_path, items, field_names(SplitItem))
         write_json(
-            out_dir / SUMMARY_NAME,
+            out_dir / CURATE_SUMMARY,
             {
                 "crops_manifest": str(crops_manifest.resolve()),
                 "settings": settings_to_dict(settings),

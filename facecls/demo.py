@@ -35,7 +35,7 @@ class DemoScrape:
 @dataclass(frozen=True)
 class DemoResult:
     scrape: DemoScrape
-    run: object  # facecls.run.RunResult
+    run: object  # facecls.pipeline.RunResult
     report_path: Path
 
 
@@ -143,13 +143,13 @@ def demo(
 ) -> DemoResult:
     """Lay out LFW as a scrape in ``<out_dir>/scrape`` and run the whole chain into ``<out_dir>/run``.
 
-    ``settings`` is a ``facecls.run.RunSettings`` (default: the run defaults, ImageNet weights).
+    ``settings`` is a ``facecls.pipeline.RunSettings`` (default: the run defaults, ImageNet weights).
 
     Raises:
         FaceclsError: LFW cannot be had (see ``prepare_scrape``), or any stage's error.
     """
     from facecls.report import REPORT_NAME
-    from facecls.run import RunSettings, check_weights, run
+    from facecls.pipeline import RunSettings, check_weights, run
 
     from facecls.paths import check_output_folder
 

@@ -19,12 +19,12 @@ import numpy as np
 from facecls.curate import SplitItem
 from facecls.errors import FaceclsError
 from facecls.images import read_rgb
+from facecls.layout import METRICS_FILE
 from facecls.manifest import atomic_write_bytes, write_json
 from facecls.modeldir import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 MISCLASSIFIED_FILE = "misclassified.png"
 MAX_SHOWN_MISTAKES = 40

@@ -297,6 +297,17 @@ class IdentityEncoder:
             self._model = _network(self.weights_path or default_weights_path())
         return self._model
 
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """Descriptors [N, 128] of chips [N, 150, 150, 3] (RGB uint8)."""
+        from facecls.model import predict_batched
+
+        chips = np.asarray(chips)
+        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+            raise FaceclsError(f"Identity chips must have shape (N, {CHIP_SIZE}, {CHIP_SIZE}, 3). Received: {chips.shape}")
+        if len(chips) == 0:
+            return np.zeros((0, EMBEDDING_SIZE), np.float32)
+        return np.asarray(predict_batched(self.model, chips, self.batch_size), dtype=np.float32)
+
 
 # Built networks by weights file (path, size, modification time): reading the 22 MB file and
 # building the 29 convolutions takes about 2.5 s, so a process opening several Classifiers (the
@@ -314,14 +325,3 @@ def _network(path: Path) -> "keras.Model":
     if key not in _NETWORKS:
         _NETWORKS[key] = build_identity_network(read_dlib_network(Path(path)))
     return _NETWORKS[key]
-
-    def embed(self, chips: np.ndarray) -> np.ndarray:
-        """Descriptors [N, 128] of chips [N, 150, 150, 3] (RGB uint8)."""
-        from facecls.model import predict_batched
-
-        chips = np.asarray(chips)
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-            raise FaceclsError(f"Identity chips must have shape (N, {CHIP_SIZE}, {CHIP_SIZE}, 3). Received: {chips.shape}")
-        if len(chips) == 0:
-            return np.zeros((0, EMBEDDING_SIZE), np.float32)
-        return np.asarray(predict_batched(self.model, chips, self.batch_size), dtype=np.float32)

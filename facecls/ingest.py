@@ -36,13 +36,12 @@ from tqdm import tqdm
 from facecls import images
 from facecls.config import IngestSettings, settings_to_dict
 from facecls.errors import FaceclsError
+from facecls.layout import INGEST_MANIFEST, INGEST_SUMMARY
 from facecls.manifest import field_names, output_lock, read_csv, sha256_file, write_csv, write_json
 from facecls.paths import check_output_folder, display_name, is_valid_utf8, person_name_problem
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "ingest.csv"
-SUMMARY_NAME = "ingest.json"
 # Bytes per pixel above which a file is too large to hash or decode, whatever it holds: well
 # over what any format needs (16-bit RGBA uncompressed TIFF: 8).
 MAX_FILE_BYTES_PER_PIXEL = 8
@@ -325,10 +324,10 @@ def ingest(scrape: Path, out_dir: Path, settings: IngestSettings = IngestSetting
         per_person = {
             person: dict(Counter(record.status for record in records if record.person == person)) for person in people
         }
-        manifest_path = out_dir / MANIFEST_NAME
+        manifest_path = out_dir / INGEST_MANIFEST
         write_csv(manifest_path, records, field_names(IngestRecord))
         write_json(
-            out_dir / SUMMARY_NAME,
+            out_dir / INGEST_SUMMARY,
             {
                 "scrape": str(scrape.resolve()),
                 "settings": settings_to_dict(settings),

@@ -400,7 +400,8 @@ def strangers_from_crops(crops_dir: Path, items: list) -> tuple[list[str], list[
 
     The other faces of test photos are left out, so the test split stays unseen.
     """
-    from facecls.crop import OTHERS_MANIFEST, read_crops_manifest
+    from facecls.crop import read_crops_manifest
+    from facecls.layout import OTHERS_MANIFEST
 
     others = Path(crops_dir) / OTHERS_MANIFEST
     test_photos = {item.source_path for item in items if item.split == "test"}
@@ -439,7 +440,8 @@ def recalibrate(model_dir: Path, crops_dir: Path | None = None) -> OpenSetCalibr
         FaceclsError: no crop folder or splits found, or what ``calibrate_model_dir`` raises.
     """
     from facecls import modeldir
-    from facecls.curate import SPLITS_MANIFEST, read_splits
+    from facecls.curate import read_splits
+    from facecls.layout import CROP_FOLDER, CURATE_FOLDER, SPLITS_MANIFEST
 
     model_dir = Path(model_dir)
     modeldir.read_model_info(model_dir)  # a model dir, before looking for its crops
@@ -451,14 +453,14 @@ def recalibrate(model_dir: Path, crops_dir: Path | None = None) -> OpenSetCalibr
             stored = {}
         if "crops_dir" in stored and str(stored["crops_dir"]):
             candidates.append(Path(str(stored["crops_dir"])))
-        candidates.append(model_dir.resolve().parent / "crop")
-    found = next((folder for folder in candidates if (folder.parent / "curate" / SPLITS_MANIFEST).is_file()), None)
+        candidates.append(model_dir.resolve().parent / CROP_FOLDER)
+    found = next((folder for folder in candidates if (folder.parent / CURATE_FOLDER / SPLITS_MANIFEST).is_file()), None)
     if found is None:
         raise FaceclsError(
             f"No run crop folder for {model_dir} (a crop folder with curate/{SPLITS_MANIFEST} beside it): looked in "
             f"{', '.join(map(str, candidates))}. Pass the run's crop folder: facecls calibrate {model_dir} --crops RUN/crop"
         )
-    splits = found.parent / "curate" / SPLITS_MANIFEST
+    splits = found.parent / CURATE_FOLDER / SPLITS_MANIFEST
     return calibrate_from_crops(model_dir, found, read_splits(splits))
 
 

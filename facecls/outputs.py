@@ -1,6 +1,6 @@
 """The names ``facecls classify`` gives what it writes under ``--out``: row labels and statuses, files, folders.
 
-Apart from facecls.classify so the classify report (facecls.report) can read them without
+Apart from facecls.classifier so the classify report (facecls.report) can read them without
 importing the classifier it is called by.
 """
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from facecls.classify import Classifier, ClassifyResult, iter_input_files, sha256_or_empty
+from facecls.classifier import Classifier, ClassifyResult, iter_input_files, sha256_or_empty
 from facecls.outputs import SUMMARY_NAME, UNREADABLE
 from facecls.predictions import PROBABILITY_PREFIX, PhotoPrediction, RowCounts, prediction_columns, prediction_rows
 from facecls.errors import FaceclsError, ImageDecodeError

@@ -87,7 +87,7 @@ def test_classify_crops_a_training_photo_exactly_as_the_crop_stage_did(data_dir,
 
     import keras
 
-    from facecls.classify import Classifier
+    from facecls.classifier import Classifier
     from facecls.crop import crop
     from facecls.images import read_rgb
     from facecls.ingest import ingest

@@ -17,7 +17,7 @@ import pytest
 from celebrity_crops import SHARED
 from fakes import FakeDetector
 from facecls import sort as sort_module
-from facecls.classify import NO_FACE, UNKNOWN, UNREADABLE, Classifier, classify
+from facecls.classifier import NO_FACE, UNKNOWN, UNREADABLE, Classifier, classify
 from facecls.cli import main
 from facecls.errors import FaceclsError, ImageDecodeError, ModelDirError
 from facecls.images import decode_image

@@ -13,7 +13,7 @@ from facecls import cli
 from facecls.config import CropSettings, CurateSettings, DetectSettings, IngestSettings, TrainSettings
 from facecls.config import settings_from_dict
 from facecls.errors import FaceclsError
-from facecls.run import RunSettings
+from facecls.pipeline import RunSettings
 
 # Each command that takes settings, the arguments it needs, and the settings classes it takes.
 COMMANDS = {

@@ -68,7 +68,7 @@ def test_offline_run_names_the_keras_file_and_url_at_once_and_prints_only_that_l
 
 
 def test_offline_run_finds_the_weights_in_the_keras_cache(scrape, tmp_path, offline, weights_dir, monkeypatch):
-    import facecls.run as run_module
+    import facecls.pipeline as run_module
 
     (tmp_path / "keras" / "models").mkdir(parents=True)
     shutil.copy(weights_dir / "mobilenet_v2_0.35_224_no_top_imagenet.h5", tmp_path / "keras" / "models" / KERAS_FILE)

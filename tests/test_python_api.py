@@ -23,7 +23,7 @@ def readme_example() -> str:
 
 
 def test_readme_python_api_example_runs_and_returns_named_records(data_dir, small_run, tmp_path, monkeypatch):
-    from facecls.classify import FacePrediction, PhotoPrediction
+    from facecls.classifier import FacePrediction, PhotoPrediction
 
     # The example's own paths: runs/first/model and photos/ in the working folder.
     (tmp_path / "runs" / "first").mkdir(parents=True)

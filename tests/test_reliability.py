@@ -25,7 +25,7 @@ import pytest
 
 from celebrity_crops import CELEBRITIES, SHARED, WEIGHTS_035_H5
 from corpus import SPECIAL_CASES, build_corpus, restore_permissions, tree_state
-from facecls import classify as classify_module
+from facecls import classifier as classify_module
 from facecls import ingest as ingest_module
 from facecls.cli import main
 from facecls.ingest import ingest

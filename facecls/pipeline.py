@@ -1,15 +1,6 @@
 """The whole chain in one run folder: ingest -> crop -> curate -> train -> evaluate.
 
-Run folder layout::
-
-    <run>/ingest.csv, ingest.json      every file of the scrape, with a status
-    <run>/crop/                        face crops, photos.csv, crops.csv, others.csv, sheets/
-    <run>/crop/corrections.csv         yours, optional: the face to train on per photo, or none
-    <run>/curate/                      splits.csv, curate.json
-    <run>/model/                       the model dir (everything classify needs)
-    <run>/evaluation/                  metrics.json and plots on the test split
-    <run>/run.json                     what each stage did, and the fingerprints used to reuse work
-    <run>/report.html, report_files/   the run on one page: funnel, faces, splits, curves, test results
+The run folder's layout is ``facecls.layout`` (``RunLayout``).
 
 Rerunning with the same settings reuses finished work: crops are cached per photo, and
 training is skipped when the splits and training settings are unchanged and the model dir is
@@ -42,12 +33,12 @@ from facecls.config import (
     weights_hint,
 )
 from facecls.errors import FaceclsError
+from facecls.layout import RunLayout
 from facecls.manifest import output_lock, read_json, sha256_file, write_json
 from facecls.paths import check_output_folder, person_name_problem
 
 logger = logging.getLogger(__name__)
 
-RUN_SUMMARY = "run.json"
 
 
 @dataclass(frozen=True)
@@ -94,7 +85,7 @@ def run(scrape: Path, run_dir: Path, settings: RunSettings = RunSettings(), mode
     """Chain every training stage over a scrape into ``run_dir``; returns a summary record."""
     started = time.perf_counter()
     scrape, run_dir = Path(scrape), Path(run_dir)
-    model_dir = Path(model_dir) if model_dir else run_dir / "model"
+    model_dir = Path(model_dir) if model_dir else RunLayout(run_dir).model_dir
     preflight(scrape, settings, model_dir, run_dir)
     with output_lock(run_dir):
         return _run_locked(scrape, run_dir, settings, model_dir, workers, started)
@@ -107,7 +98,8 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     from facecls.ingest import ingest
     from facecls.openset import calibrate_from_crops
 
-    previous = _read_previous(run_dir / RUN_SUMMARY)
+    layout = RunLayout(run_dir)
+    previous = _read_previous(layout.run_summary)
     with output_lock(model_dir.parent):
         # A save killed earlier left temporary siblings (or the old model dir retired): tidy them
         # now, since a reused model dir is never saved again to do it.
@@ -117,8 +109,8 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     usable = Counter(record.person for record in ingested.records if record.status == "ok")
     check_enough_photos({person: usable[person] for person in ingested.people},
                         f"usable photos (see {ingested.manifest_path})", settings.curate)
-    cropped = crop(scrape, ingested.manifest_path, run_dir / "crop", settings.detect, settings.crop, workers=workers)
-    curated = curate(run_dir / "crop" / "crops.csv", run_dir / "curate", settings.curate)
+    cropped = crop(scrape, ingested.manifest_path, layout.crop_dir, settings.detect, settings.crop, workers=workers)
+    curated = curate(layout.crops_manifest, layout.curate_dir, settings.curate)
 
     fingerprint = _training_fingerprint(curated.manifest_path, settings)
     trained = not _reusable(previous, fingerprint, model_dir)
@@ -126,13 +118,13 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     if trained:  # training calibrates 'unknown' before it saves the model dir
         from facecls.train import train_model
 
-        calibration = train_model(curated.items, run_dir / "crop", settings.train, model_dir, settings.crop,
+        calibration = train_model(curated.items, layout.crop_dir, settings.train, model_dir, settings.crop,
                                   settings.detect).calibration
     else:
         logger.info("Reusing %s: same splits and settings as the last run", model_dir)
         calibration = None
         if not open_set or not _open_set_current(model_dir):  # calibrated by an older facecls
-            calibration = calibrate_from_crops(model_dir, run_dir / "crop", curated.items)
+            calibration = calibrate_from_crops(model_dir, layout.crop_dir, curated.items)
     if calibration is not None:
         open_set = {
             "unknown_threshold": calibration.threshold,
@@ -150,8 +142,8 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
     }
     # Recorded before evaluation: a run killed from here on reuses this model. The model's hash
     # ties the record to this very model dir, not to whatever a later save puts under its name.
-    write_json(run_dir / RUN_SUMMARY, {"state": "trained", **record})
-    evaluation = _evaluate_test_split(model_dir, run_dir / "crop", curated.items, run_dir / "evaluation")
+    write_json(layout.run_summary, {"state": "trained", **record})
+    evaluation = _evaluate_test_split(model_dir, layout.crop_dir, curated.items, layout.evaluation_dir)
 
     split_counts = {
         split: sum(counts[split] for counts in curated.counts.values()) for split in ("train", "val", "test")
@@ -173,7 +165,7 @@ def _run_locked(scrape: Path, run_dir: Path, settings: RunSettings, model_dir: P
         warnings=cropped.warnings,
     )
     write_json(
-        run_dir / RUN_SUMMARY,
+        layout.run_summary,
         {
             "state": "finished",
             **record,
