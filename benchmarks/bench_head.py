@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from celebrity_crops import WEIGHTS_035_H5, celebrity_crops  # noqa: E402
+from celebrity_crops import make_celebrity_crops  # noqa: E402
+from shared_data import WEIGHTS_035_H5  # noqa: E402
 
 from facecls.config import TrainSettings  # noqa: E402
 from facecls.model import PROBABILITIES_LAYER, build_classifier, load_base, predict_batched, split_classifier, unfreeze_top  # noqa: E402
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = TrainSettings(weights=str(WEIGHTS_035_H5), fine_tune_epochs=args.fine_tune_epochs,
                              patience=args.fine_tune_epochs + 1)  # no early stop: both run every epoch
-    crops_dir, items = celebrity_crops(args.image_size)
+    scratch = tempfile.TemporaryDirectory(prefix="facecls-bench-crops-")  # removed when main returns
+    crops_dir = Path(scratch.name)
+    items = make_celebrity_crops(crops_dir, args.image_size)
     items = list(items) + [dataclasses.replace(item, flipped=True) for item in items if item.split == "train"]
     labels = sorted({item.person for item in items})
     train_items = [item for item in items if item.split == "train"]

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from celebrity_crops import WEIGHTS_035_H5, celebrity_crops  # noqa: E402
+from celebrity_crops import make_celebrity_crops  # noqa: E402
+from shared_data import WEIGHTS_035_H5  # noqa: E402
 
 from facecls.config import CropSettings, DetectSettings, TrainSettings  # noqa: E402
 from facecls.evaluate import load_split_crops  # noqa: E402
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         fine_tune_from=args.fine_tune_from,
     )
     crop_started = time.perf_counter()
-    crops_dir, crops = celebrity_crops(args.image_size)
+    scratch = tempfile.TemporaryDirectory(prefix="facecls-bench-crops-")  # removed when main returns
+    crops_dir = Path(scratch.name)
+    crops = make_celebrity_crops(crops_dir, args.image_size)
     items = list(crops) + [dataclasses.replace(item, flipped=True) for item in crops if item.split == "train"]
     val = load_split_crops(items, crops_dir, "val")
     labels = sorted({item.person for item in items})

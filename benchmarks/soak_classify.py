@@ -108,9 +108,13 @@ def main() -> int:
     if args.model_dir:
         model_dir = Path(args.model_dir)
     else:
-        from classify_model import open_set_model
+        from celebrity_crops import make_celebrity_crops
+        from classify_model import make_open_set_model
 
-        model_dir = open_set_model()[0]
+        scratch = tempfile.TemporaryDirectory(prefix="facecls-soak-model-")  # removed when main returns
+        trained = Path(scratch.name)
+        (trained / "crops").mkdir()
+        model_dir = make_open_set_model(trained, trained / "crops", make_celebrity_crops(trained / "crops", 96)).model_dir
     work = Path(tempfile.mkdtemp(prefix="facecls-soak-"))
     try:
         kinds = build_inputs(work / "inputs", args.files, args.good_share)

@@ -52,8 +52,14 @@ class DlibLayer:
 
     kind: str  # "input", "con", "affine", "max_pool", "avg_pool", "fc"
     values: np.ndarray  # float32 parameters; empty for layers without any
-    numbers: tuple[float, ...] = ()  # con: filters, rows, cols, stride y, stride x, padding y, padding x;
-    # pools: rows, cols, stride y, stride x, padding y, padding x; fc: outputs, inputs; input: mean R, G, B
+    means: tuple[float, float, float] = (0.0, 0.0, 0.0)  # input: the mean R, G, B it subtracts
+    input_size: tuple[int, int] = (0, 0)  # input: rows, cols of the chips it takes
+    filters: int = 0  # con
+    window: tuple[int, int] = (0, 0)  # con, pools: rows, cols
+    stride: tuple[int, int] = (0, 0)  # con, pools: y, x
+    padding: tuple[int, int] = (0, 0)  # con, pools: y, x
+    outputs: int = 0  # fc
+    inputs: int = 0  # fc
 
 
 class _Reader:
@@ -119,6 +125,10 @@ def read_dlib_network(path: Path) -> list[DlibLayer]:
         ) from None
     reader = _Reader(data, str(path))
     layers: list[DlibLayer] = []
+
+    def pair() -> tuple[int, int]:
+        return reader.integer(), reader.integer()
+
     while True:
         kind, start = _next_layer(data, reader.position)
         if kind is None:
@@ -126,16 +136,17 @@ def read_dlib_network(path: Path) -> list[DlibLayer]:
         reader.position = start
         if kind == "input":
             means = (reader.real(), reader.real(), reader.real())
-            layers.append(DlibLayer("input", np.zeros(0, np.float32), means + (reader.integer(), reader.integer())))
-        elif kind in ("con", "affine"):
+            layers.append(DlibLayer("input", np.zeros(0, np.float32), means=means, input_size=pair()))
+        elif kind == "con":
             values = reader.tensor()
-            numbers = tuple(reader.integer() for _ in range(7)) if kind == "con" else ()
-            layers.append(DlibLayer(kind, values, numbers))
+            layers.append(DlibLayer("con", values, filters=reader.integer(), window=pair(), stride=pair(), padding=pair()))
+        elif kind == "affine":
+            layers.append(DlibLayer("affine", reader.tensor()))
         elif kind in ("max_pool", "avg_pool"):
-            layers.append(DlibLayer(kind, np.zeros(0, np.float32), tuple(reader.integer() for _ in range(6))))
+            layers.append(DlibLayer(kind, np.zeros(0, np.float32), window=pair(), stride=pair(), padding=pair()))
         else:  # fc
-            outputs, inputs = reader.integer(), reader.integer()
-            layers.append(DlibLayer("fc", reader.tensor(), (outputs, inputs)))
+            outputs, inputs = pair()
+            layers.append(DlibLayer("fc", reader.tensor(), outputs=outputs, inputs=inputs))
     _check_architecture(layers, str(path))
     return layers
 
@@ -162,7 +173,8 @@ def _check_architecture(layers: list[DlibLayer], source: str) -> None:
            for kind in (["con", "affine", "con", "affine"] + (["avg_pool"] if down and index == 0 else []))]
         + ["avg_pool", "fc"]
     )
-    if kinds != expected or layers[-1].numbers != (EMBEDDING_SIZE, _STAGES[-1][0]) or layers[0].numbers[3:] != (CHIP_SIZE, CHIP_SIZE):
+    if (kinds != expected or (layers[-1].outputs, layers[-1].inputs) != (EMBEDDING_SIZE, _STAGES[-1][0])
+            or layers[0].input_size != (CHIP_SIZE, CHIP_SIZE)):
         raise IdentityWeightsError(
             f"{source}: expected dlib's face-recognition ResNet (1 + {2 * blocks} convolutions, {EMBEDDING_SIZE} outputs, "
             f"{CHIP_SIZE}x{CHIP_SIZE} input). Received {kinds.count('con')} convolutions and layers {kinds[:6]}... "
@@ -200,13 +212,13 @@ def build_identity_network(layers: list[DlibLayer]) -> "keras.Model":
     from facecls.model import keras  # with TensorFlow's log settings
 
     queue = list(layers)
-    means = queue.pop(0).numbers[:3]
+    means = queue.pop(0).means
     inputs = keras.Input((CHIP_SIZE, CHIP_SIZE, 3), name="chips")
     x = keras.layers.Rescaling(1.0 / 256.0, offset=[-mean / 256.0 for mean in means], name="dlib_input")(inputs)
 
     def convolution(x, name: str):
         con, affine = queue.pop(0), queue.pop(0)
-        filters, rows, cols, stride_y, stride_x, padding_y, padding_x = con.numbers
+        filters, (rows, cols), (stride_y, stride_x), (padding_y, padding_x) = con.filters, con.window, con.stride, con.padding
         channels = x.shape[-1]
         kernel_size = filters * channels * rows * cols
         kernel = con.values[:kernel_size].reshape(filters, channels, rows, cols).transpose(2, 3, 1, 0)
@@ -224,10 +236,10 @@ def build_identity_network(layers: list[DlibLayer]) -> "keras.Model":
 
     def pooling() -> tuple[tuple[int, int], tuple[int, int]]:
         """(size, strides) of the next pooling layer."""
-        rows, cols, stride_y, stride_x, padding_y, padding_x = queue.pop(0).numbers
-        if (padding_y, padding_x) != (0, 0):
-            raise IdentityWeightsError(f"unsupported pooling padding {padding_y, padding_x}")
-        return (rows, cols), (stride_y, stride_x)
+        layer = queue.pop(0)
+        if layer.padding != (0, 0):
+            raise IdentityWeightsError(f"unsupported pooling padding {layer.padding}")
+        return layer.window, layer.stride
 
     x = keras.layers.ReLU(name="stem_relu")(convolution(x, "stem"))
     x = keras.layers.MaxPooling2D(*pooling(), name="stem_pool")(x)
@@ -245,7 +257,7 @@ def build_identity_network(layers: list[DlibLayer]) -> "keras.Model":
     fc = queue.pop(0)
     dense = keras.layers.Dense(EMBEDDING_SIZE, use_bias=False, name="descriptor")
     outputs = dense(x)
-    dense.set_weights([fc.values.reshape(fc.numbers[1], fc.numbers[0])])
+    dense.set_weights([fc.values.reshape(fc.inputs, fc.outputs)])
     return keras.Model(inputs, outputs, name="dlib_face_recognition_resnet_v1")
 
 

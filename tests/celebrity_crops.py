@@ -1,31 +1,21 @@
 """Real face crops of the shared 5-celebrity photos, for model, train and evaluate tests.
 
-Made with the crop stage's own ``FaceCropper`` (MTCNN, largest face, 25% margin, square),
-once per process and image size, in a temporary folder.
+Made with the crop stage's own ``FaceCropper`` (MTCNN, largest face, square) into a folder; the
+session fixture ``celebrity_crops`` (conftest.py) makes them once per test run at 96 pixels.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 from facecls.config import CropSettings, DetectSettings
 from facecls.curate import SplitItem
 from facecls.images import write_image
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CELEBRITIES = SHARED / "data" / "5-celebrity-faces"
-WEIGHTS_035_H5 = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.h5"
-WEIGHTS_035_KERAS3 = SHARED / "weights" / "mobilenet_v2_0.35_224_no_top_imagenet.weights.h5"
-WEIGHTS_100_H5 = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_imagenet_tfslim.h5"
+from shared_data import CELEBRITIES
 
 
-@functools.lru_cache(maxsize=None)
-def celebrity_crops(image_size: int, workers: int = 1) -> tuple[Path, tuple[SplitItem, ...]]:
-    """Crop every 5-celebrity photo (and its identity chip); returns (crops folder, one unflipped item per crop).
+def make_celebrity_crops(crops_dir: Path, image_size: int, workers: int = 1) -> tuple[SplitItem, ...]:
+    """Crop every 5-celebrity photo (and its identity chip) into ``crops_dir``; one unflipped item per crop.
 
     Items keep the dataset's own train/val split; a photo without a face is left out.
     """
@@ -33,8 +23,6 @@ def celebrity_crops(image_size: int, workers: int = 1) -> tuple[Path, tuple[Spli
     from facecls.faces import FaceCropper
 
     photos = sorted(CELEBRITIES.glob("*/*/*.*"))
-    crops_dir = Path(tempfile.mkdtemp(prefix=f"facecls-celebrity-crops-{image_size}-"))
-    atexit.register(shutil.rmtree, crops_dir, True)
     items = []
     with FaceCropper(DetectSettings(), CropSettings(image_size=image_size), workers=workers) as cropper:
         for photo, faces in zip(photos, cropper.faces_in_files(photos)):
@@ -45,4 +33,4 @@ def celebrity_crops(image_size: int, workers: int = 1) -> tuple[Path, tuple[Spli
             write_image(crops_dir / crop_path, faces.chosen[0].crop)
             write_image(crops_dir / chip_path_of(crop_path), faces.chosen[0].chip)
             items.append(SplitItem(crop_path, person, str(photo), photo.stem, split, False, 1.0))
-    return crops_dir, tuple(items)
+    return tuple(items)

@@ -1,14 +1,21 @@
-"""Shared fixtures: where ../shared is, and a snapshot of a folder to prove it was not modified."""
+"""Shared fixtures: ../shared, the expensive real artefacts (built once per test run), and a
+snapshot of a folder to prove it was not modified."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import pickle
 import shutil
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from shared_data import require_shared
+
+T = TypeVar("T")
 
 # Session fixtures kept in a module of their own (small_run, small_classify): registered here once,
 # so a worker that runs several of the files using them builds each once.
@@ -18,9 +25,46 @@ pytest_plugins = ["report_fixtures"]
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The read-only ../shared folder beside the project; tests that need it skip without it."""
-    if not SHARED.is_dir():
-        pytest.skip(f"../shared is absent (a fresh clone): {SHARED} holds the photos and weights these tests use")
-    return SHARED
+    return require_shared()
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], T]) -> T:
+    """``build(folder)``'s result, built once per test run for every pytest-xdist worker.
+
+    The first worker to ask builds it into a folder of the run's temporary root, under a lock;
+    the others wait for it and read its result back (``build`` returns something picklable that
+    may name files in the folder). A build that failed is redone by the next to ask.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's root, shared by its workers
+    folder, result = root / name, root / f"{name}.pickle"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            value = build(folder)
+            result.write_bytes(pickle.dumps(value))
+            return value
+    return pickle.loads(result.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def celebrity_crops(shared_dir, tmp_path_factory):
+    """(crops folder, items): every 5-celebrity photo's largest face cropped at 96 pixels (celebrity_crops.py)."""
+    from celebrity_crops import make_celebrity_crops
+
+    return built_once(tmp_path_factory, "celebrity-crops-96", lambda folder: (folder, make_celebrity_crops(folder, 96)))
+
+
+@pytest.fixture(scope="session")
+def open_set_model(celebrity_crops, tmp_path_factory):
+    """The small calibrated model of four 5-celebrity people (classify_model.py), and the fifth as stranger."""
+    from classify_model import make_open_set_model
+
+    crops_dir, items = celebrity_crops
+    return built_once(tmp_path_factory, "open-set-model", lambda folder: make_open_set_model(folder, crops_dir, items))
 
 
 @pytest.fixture(scope="session")

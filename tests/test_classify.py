@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from celebrity_crops import SHARED
+from shared_data import SHARED
 from fakes import FakeDetector
 from facecls import sort as sort_module
 from facecls.classifier import NO_FACE, UNKNOWN, UNREADABLE, Classifier, classify
@@ -26,12 +26,8 @@ HARD = SHARED / "data" / "hard-cases"
 
 
 @pytest.fixture(scope="module")
-def model():
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
-    from classify_model import open_set_model
-
-    return open_set_model()
+def model(open_set_model):
+    return open_set_model
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from celebrity_crops import CELEBRITIES, SHARED, WEIGHTS_035_H5
+from shared_data import CELEBRITIES, WEIGHTS_035_H5, require_shared
 from corpus import hostile_scrape, restore_permissions, tree_state
 from facecls.cli import main
 from facecls.paths import display_name
 
-pytestmark = pytest.mark.slow
 
 PEOPLE = ("elton_john", "jerry_seinfeld")
 AS_ROOT = os.geteuid() == 0  # root reads the chmod-000 file: it is then a photo like any other
@@ -47,8 +46,7 @@ def input_files(scrape: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
+    require_shared()
     root = tmp_path_factory.mktemp("soak")
     scrape = root / "scrape"
     cases = hostile_scrape(scrape, PEOPLE)

@@ -248,6 +248,7 @@ def test_huge_photo_detections_are_in_full_resolution_coordinates(hard_faces, cr
     assert any(d.confidence >= DETECT.min_confidence for d in in_crop)
 
 
+@pytest.mark.slow  # worker processes with the fake detector: test_face_path.py
 def test_two_workers_find_what_one_worker_finds(hard_faces, data_dir):
     root = data_dir / "hard-cases"
     handful = [

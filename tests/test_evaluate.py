@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from celebrity_crops import SHARED, WEIGHTS_035_H5, celebrity_crops
+from shared_data import WEIGHTS_035_H5
 from facecls.config import CropSettings, DetectSettings, TrainSettings
 from facecls.errors import FaceclsError
 from facecls.evaluate import LabelledCrops, evaluate_crops, load_split_crops, wilson_interval
@@ -17,10 +17,8 @@ SIZE = 96
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
-    crops_dir, items = celebrity_crops(SIZE)
+def setup(celebrity_crops, tmp_path_factory):
+    crops_dir, items = celebrity_crops
     model_dir = tmp_path_factory.mktemp("evaluate") / "model"
     head_only = TrainSettings(weights=str(WEIGHTS_035_H5), head_epochs=15, fine_tune_from="")
     train_model(items, crops_dir, head_only, model_dir, CropSettings(image_size=SIZE), DetectSettings(),

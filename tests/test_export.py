@@ -17,19 +17,16 @@ import pytest
 from facecls.cli import main
 from facecls.export import TOLERANCES, export_model_dir, run_exported
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def model_and_crops(data_dir, weights_dir):
+def model_and_crops(open_set_model):
     """(model dir, loaded model, crops of its people, Keras probabilities, crops folder for int8)."""
-    from classify_model import open_set_model
-
     from facecls.images import read_rgb
     from facecls.model import predict_probabilities
     from facecls.modeldir import load_model_dir
 
-    model_dir, _, crops_dir, known, _ = open_set_model()
+    model_dir, _, crops_dir, known, _ = open_set_model
     loaded = load_model_dir(model_dir)
     pixels = np.stack([read_rgb(crops_dir / item.crop_path) for item in known])
     assert len(pixels) > 80
@@ -87,6 +84,7 @@ def test_tflite_matches_the_keras_model_and_carries_labels_and_preprocessing(mod
     assert list(details["shape"][1:]) == [info.image_size, info.image_size, 3] and details["dtype"] == np.float32
 
 
+@pytest.mark.slow
 def test_float16_and_int8_variants_stay_within_the_stated_tolerances(model_and_crops, float32_export):
     model_dir, _, pixels, expected, representative = model_and_crops
     out, _ = float32_export
@@ -111,6 +109,7 @@ def test_float16_and_int8_variants_stay_within_the_stated_tolerances(model_and_c
     assert exports["model_int8.tflite"]["check"]["agreement"] == pytest.approx(quantized.check.agreement)
 
 
+@pytest.mark.slow
 def test_savedmodel_matches_the_keras_model(model_and_crops, tmp_path, capsys):
     model_dir, _, pixels, expected, _ = model_and_crops
     assert main(["export", str(model_dir), "--format", "savedmodel", "--out", str(tmp_path)]) == 0

@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import json
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

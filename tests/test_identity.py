@@ -5,7 +5,7 @@ import importlib.resources
 import numpy as np
 import pytest
 
-from celebrity_crops import CELEBRITIES, SHARED
+from shared_data import CELEBRITIES, SHARED
 from facecls import identity
 from facecls.errors import FaceclsError
 from facecls.identity import CHIP_SIZE, IdentityEncoder, IdentityWeightsError, read_dlib_network
@@ -99,11 +99,24 @@ def test_missing_weights_package_names_the_install(monkeypatch):
 def test_the_network_reads_the_whole_architecture():
     layers = read_dlib_network(identity.default_weights_path())
     convolutions = [layer for layer in layers if layer.kind == "con"]
-    assert len(convolutions) == 29
-    assert convolutions[0].numbers == (32, 7, 7, 2, 2, 0, 0)  # 7x7 stride 2, no padding
-    assert layers[-1].kind == "fc" and layers[-1].values.size == 256 * 128
-    means = layers[0].numbers[:3]  # dlib's input means, about 122.8 / 117.0 / 104.3
-    assert means == pytest.approx((122.782, 117.001, 104.298), abs=1e-3)
+    first = convolutions[0]
+    assert (first.filters, first.window, first.stride, first.padding) == (32, (7, 7), (2, 2), (0, 0))  # 7x7 stride 2
+    # Each tensor holds exactly its kernel and bias, and each affine its scale and shift: the
+    # reader stayed in step with the file from the first layer to the last.
+    channels = 3
+    for number, layer in enumerate(layers):
+        if layer.kind == "con":
+            assert layer.values.size == layer.filters * (channels * layer.window[0] * layer.window[1] + 1), number
+            channels = layer.filters
+        elif layer.kind == "affine":
+            assert layers[number - 1].kind == "con" and layer.values.size == 2 * channels, number
+    assert [layer.filters for layer in convolutions[1:]] == [
+        width for width, count, _ in identity._STAGES for _ in range(2 * count)
+    ]
+    assert layers[-1].kind == "fc" and (layers[-1].outputs, layers[-1].inputs) == (128, 256)
+    assert layers[-1].values.size == 256 * 128
+    assert layers[0].input_size == (150, 150)
+    assert layers[0].means == pytest.approx((122.782, 117.001, 104.298), abs=1e-3)  # dlib's input means
 
 
 def test_chips_of_the_wrong_shape_are_refused(encoder):

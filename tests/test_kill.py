@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from celebrity_crops import CELEBRITIES, SHARED, WEIGHTS_035_H5
+from shared_data import CELEBRITIES, SHARED, WEIGHTS_035_H5, require_shared
 from corpus import file_cases
 from facecls.cli import main
 from facecls.modeldir import load_model_dir
@@ -83,8 +83,7 @@ def cache_entries(crop_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def scrape(tmp_path_factory) -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
+    require_shared()
     folder = tmp_path_factory.mktemp("kill") / "scrape"
     for person in PEOPLE:
         (folder / person).mkdir(parents=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from celebrity_crops import CELEBRITIES
+from shared_data import CELEBRITIES
 from facecls.cli import main
 from facecls.modeldir import load_model_dir
 from test_kill import CROP_OPTIONS, PEOPLE, TRAIN_OPTIONS, facecls, reference, scrape  # noqa: F401 - fixtures

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from celebrity_crops import SHARED, WEIGHTS_035_H5, WEIGHTS_035_KERAS3, WEIGHTS_100_H5
+from shared_data import SHARED, WEIGHTS_035_H5, WEIGHTS_035_KERAS3, WEIGHTS_100_H5, require_shared
 from facecls import model as model_module
 from facecls.errors import FaceclsError
 from facecls.model import (
@@ -24,8 +24,7 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def weights():
-    if not SHARED.is_dir():
-        pytest.skip(f"shared weights not found at {SHARED}")
+    require_shared()
     return WEIGHTS_035_H5
 
 

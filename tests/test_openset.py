@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from celebrity_crops import SHARED
 from facecls import modeldir
 from facecls.errors import FaceclsError, ModelDirError
 from facecls.openset import DECISION_THRESHOLD, OpenSetModel, calibrate_arrays, load_open_set
@@ -126,12 +125,8 @@ def test_scores_need_numpy_only():
 
 
 @pytest.fixture(scope="module")
-def calibrated():
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
-    from classify_model import open_set_model
-
-    return open_set_model()
+def calibrated(open_set_model):
+    return open_set_model
 
 
 def test_calibration_on_real_faces_keeps_known_people(calibrated):

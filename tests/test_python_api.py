@@ -12,7 +12,6 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-pytestmark = pytest.mark.slow
 
 
 def readme_example() -> str:

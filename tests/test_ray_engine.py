@@ -25,22 +25,18 @@ from pathlib import Path
 
 import pytest
 
-from celebrity_crops import SHARED
+from shared_data import SHARED
 from facecls.cli import main
 from ray_fixtures import ray_cluster  # noqa: F401  (the session's Ray cluster fixture)
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.xdist_group("ray")
 
 HARD = SHARED / "data" / "hard-cases"
 
 
 @pytest.fixture(scope="module")
-def model():
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
-    from classify_model import open_set_model
-
-    return open_set_model()[0]
+def model(open_set_model):
+    return open_set_model[0]
 
 
 def real_photos() -> list[Path]:
@@ -134,6 +130,7 @@ def actor_nodes() -> Counter:
     return Counter(actor["Address"]["NodeID"] for actor in actors if "PhotoClassifier" in actor["ActorClassName"])
 
 
+@pytest.mark.slow
 def test_driver_killed_then_rerun_gives_the_local_rows_once_on_both_nodes(model, photo_inputs, local_rows, ray_cluster, tmp_path, capsys):
     expected, local_summary = local_rows
     _, inputs = photo_inputs
@@ -179,6 +176,7 @@ def s3_server():
         server.stop()
 
 
+@pytest.mark.slow
 def test_photos_under_an_s3_prefix_give_the_local_rows(model, local_rows, ray_cluster, s3_server, tmp_path):
     import boto3
 

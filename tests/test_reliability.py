@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from celebrity_crops import CELEBRITIES, SHARED, WEIGHTS_035_H5
-from corpus import SPECIAL_CASES, build_corpus, restore_permissions, tree_state
+from shared_data import CELEBRITIES, SHARED, WEIGHTS_035_H5, require_shared
+from corpus import build_corpus, restore_permissions, tree_state
 from facecls import classifier as classify_module
 from facecls import ingest as ingest_module
 from facecls.cli import main
@@ -43,8 +43,7 @@ def expected_ingest_status(case) -> set[str]:
 @pytest.fixture
 def hostile_scrape(tmp_path):
     """``alice`` holds the corpus, ``bob`` two real photos."""
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos not found at {SHARED}")
+    require_shared()
     scrape = tmp_path / "scrape"
     cases = build_corpus(scrape / "alice")
     (scrape / "bob").mkdir()
@@ -129,12 +128,8 @@ def test_a_file_deleted_between_listing_and_decoding_is_unreadable_in_ingest(hos
 
 
 @pytest.fixture(scope="module")
-def model():
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
-    from classify_model import open_set_model
-
-    return open_set_model()
+def model(open_set_model):
+    return open_set_model
 
 
 def read_rows(out: Path) -> dict[str, list[dict]]:
@@ -262,8 +257,7 @@ def test_report_of_huge_photos_decodes_them_reduced_and_shows_the_same_faces(mod
 
 
 def test_crop_of_a_photo_deleted_after_ingest_is_unreadable_then_redone_once_back(tmp_path, capsys):
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos not found at {SHARED}")
+    require_shared()
     scrape, out = tmp_path / "scrape", tmp_path / "run"
     for person in ("elton_john", "jerry_seinfeld"):
         (scrape / person).mkdir(parents=True)
@@ -510,8 +504,7 @@ def error_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
 
 
 def test_clear_one_line_errors_for_what_a_user_gets_wrong(tmp_path, capsys):
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
+    require_shared()
     for argv, expected in error_cases(tmp_path):
         error = one_line_error(capsys, argv)
         assert expected in error, (argv, error)
@@ -592,8 +585,7 @@ def out_check_cases(tmp_path: Path) -> list[tuple[str, list[str], str]]:
 
 
 def test_every_command_refuses_an_unusable_out_in_one_line_and_leaves_nothing(tmp_path, capsys):
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
+    require_shared()
     cases = out_check_cases(tmp_path)
     before = tree_state(tmp_path)
     for what, argv, expected in cases:

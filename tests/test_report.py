@@ -19,7 +19,6 @@ from report_fixtures import CHROMIUM, classify_inputs, launch_chromium, open_rep
 from facecls.cli import main
 from facecls.report import PAGE_SIZE
 
-pytestmark = pytest.mark.slow
 
 
 def rows(path: Path) -> list[dict[str, str]]:

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from celebrity_crops import SHARED, WEIGHTS_035_H5, WEIGHTS_100_H5, celebrity_crops
+from shared_data import WEIGHTS_035_H5, WEIGHTS_100_H5
 from facecls.config import CropSettings, DetectSettings, TrainSettings
 from facecls.errors import FaceclsError, ModelDirError
 from facecls.evaluate import load_split_crops
@@ -22,10 +22,8 @@ DETECT = DetectSettings()
 
 
 @pytest.fixture(scope="module")
-def crops():
-    if not SHARED.is_dir():
-        pytest.skip(f"shared photos and weights not found at {SHARED}")
-    crops_dir, items = celebrity_crops(SIZE)
+def crops(celebrity_crops):
+    crops_dir, items = celebrity_crops
     with_flips = list(items) + [dataclasses.replace(item, flipped=True) for item in items if item.split == "train"]
     return crops_dir, with_flips
 
