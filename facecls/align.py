@@ -142,11 +142,12 @@ def describe_crop(settings: CropSettings) -> dict:
     notes = {"image_size": settings.image_size, "margin": settings.margin, "align": settings.align,
              "face_policy": settings.face_policy}  # fmt: skip
     if settings.align:
+        notes["keypoint_template_112"] = ALIGNMENT_TEMPLATE_112.round(4).tolist()
         notes["target_keypoints"] = alignment_target(settings.margin, settings.image_size).round(4).tolist()
         notes["how"] = (
             "similarity transform (rotation, uniform scale, shift; least squares over the 5 MTCNN keypoints "
-            "left_eye, right_eye, nose, mouth_left, mouth_right of the full-resolution photo) onto target_keypoints, "
-            "then warp to image_size x image_size (bilinear, edges replicated); a transform that shrinks the face "
+            "left_eye, right_eye, nose, mouth_left, mouth_right of the full-resolution photo) onto target_keypoints "
+            "(keypoint_template_112 scaled by image_size / (112 * (1 + 2 * margin)) about the crop's centre), then warp to image_size x image_size (bilinear, edges replicated); a transform that shrinks the face "
             "first shrinks the region it covers with an area filter to the crop's scale"
         )
     else:

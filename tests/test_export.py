@@ -68,9 +68,11 @@ def test_tflite_matches_the_keras_model_and_carries_labels_and_preprocessing(mod
     assert notes["crop"]["margin"] == info.crop_settings.margin and notes["crop"]["image_size"] == info.image_size
     assert notes["crop"]["align"] == info.crop_settings.align
     if info.crop_settings.align:  # the template an app aligns the keypoints to
-        from facecls.align import ALIGNMENT_TEMPLATE_112
+        from facecls.align import ALIGNMENT_TEMPLATE_112, alignment_target
 
         assert np.allclose(notes["crop"]["keypoint_template_112"], ALIGNMENT_TEMPLATE_112, atol=1e-4)
+        target = alignment_target(info.crop_settings.margin, info.image_size)
+        assert np.allclose(notes["crop"]["target_keypoints"], target, atol=1e-4)
     assert notes["face_detection"]["min_confidence"] == info.detect_settings.min_confidence
     assert notes["unknown"]["threshold"] == info.unknown_threshold
 
