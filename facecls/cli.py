@@ -315,10 +315,16 @@ def command_classify(args) -> int:
         f"classify: {result.photos} photos ({done}), {result.faces} faces: {people}; "
         f"no_face {result.no_face}, unreadable {result.unreadable} -> {result.predictions_path}\n"
         + (f"kept in place: {len(result.kept_sources)} (see kept_sources in classify.json)\n" if result.kept_sources else "")
+        + (f"per photo: {_phase_times(result)}\n" if result.classified else "")
         + f"report: {result.out_dir / REPORT_NAME}",
         {**dataclasses.asdict(result), "report": result.out_dir / REPORT_NAME},
     )
     return 0
+
+
+def _phase_times(result) -> str:
+    """'decode 3 ms, detect 81 ms, ...': the mean time of each phase over the photos this run classified."""
+    return ", ".join(f"{phase} {1000 * seconds / result.classified:.0f} ms" for phase, seconds in result.phase_seconds.items())
 
 
 def _classify_on_ray(args) -> int:

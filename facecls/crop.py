@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -110,6 +110,7 @@ class CropResult:
     counts: dict[str, int]
     reused: int  # photos taken from an earlier run with the same settings
     warnings: tuple[str, ...] = ()  # one line per person whose photos do not agree enough
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # decode, detect, crop of the photos done now
 
 
 
@@ -197,12 +198,15 @@ def crop(
             else:
                 cached.update((record.path, entry) for record, entry in zip(batch, entries))
         progress = tqdm(total=len(records), initial=len(cached), desc="crop", unit="photo")
+        phase_seconds = dict.fromkeys(("decode", "detect", "crop"), 0.0)
         with FaceCropper(
             detect_settings, crop_settings, workers=workers_for(len(todo), workers), candidates=True,
             detector_factory=detector_factory,
         ) as cropper:
             by_path = {str(scrape / record.path): record for record in todo}
             for faces in cropper.faces_in_files(by_path, chunk_size=size):
+                for phase, seconds in faces.seconds.items():
+                    phase_seconds[phase] += seconds
                 record = by_path[faces.path]
                 cached[record.path] = _store_photo(faces, record, crop_settings, cache_dir)
                 progress.update(1)
@@ -235,10 +239,12 @@ def crop(
                 "people_without_faces": faceless,
                 "corrections": len(corrections),
                 "warnings": warnings,
+                "phase_seconds": {phase: round(seconds, 3) for phase, seconds in phase_seconds.items()},
             },
         )
         write_contact_sheets(out_dir, photos, crops)
-    return CropResult(photos, crops, out_dir, counts, reused=len(records) - len(todo), warnings=tuple(warnings))
+    return CropResult(photos, crops, out_dir, counts, reused=len(records) - len(todo), warnings=tuple(warnings),
+                      phase_seconds={phase: round(seconds, 3) for phase, seconds in phase_seconds.items()})
 
 
 def _cache_path(cache_dir: Path, sha256: str) -> Path:

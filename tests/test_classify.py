@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -272,6 +273,7 @@ def test_python_api_classifies_arrays_and_paths(classifier):
     assert (face.label == UNKNOWN) == (face.score < classifier.unknown_threshold)
     photo = classifier.classify_path(val_photos("ben_afflek")[0])
     assert photo.status == "ok" and photo.faces[0].best_match == face.best_match
+    assert list(photo.seconds) == ["decode", "detect", "crop", "classify"] and all(photo.seconds.values())
     assert classifier.classify_array(decode_image(HARD / "no_face" / "rocket.jpg").pixels) == []
     with pytest.raises(ImageDecodeError):
         classifier.classify_path(HARD / "corrupt" / "truncated.jpg")
@@ -365,6 +367,11 @@ def test_cli_reports_a_summary_and_fails_clearly_on_bad_input(model, tmp_path, c
                  "--out", str(tmp_path / "out"), "--sort", "none"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "2 photos" in printed and "no_face 1" in printed and "unreadable 1" in printed
+    # each phase timed, as a mean per photo; detecting a decoded photo takes time, classifying no face none
+    assert re.search(r"^per photo: decode \d+ ms, detect \d+ ms, crop \d+ ms, classify \d+ ms$", printed, re.M), printed
+    phases = json.loads((tmp_path / "out" / "classify.json").read_text())["phase_seconds"]
+    assert list(phases) == ["decode", "detect", "crop", "classify"]
+    assert phases["detect"] > 0 and phases["decode"] > 0 and phases["classify"] == 0
     assert main(["classify", str(model[0]), str(tmp_path / "missing"), "--out", str(tmp_path / "out2")]) == 1
     assert "Input not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:

@@ -451,6 +451,9 @@ def test_crop_stage_gives_every_usable_photo_a_status(crop_runs):
     assert "madonna/truncated.jpg" not in statuses  # unreadable at ingest, never reaches detection
     assert sum(status in ("ok", "multiple_faces") for status in statuses.values()) == 6
     assert first.reused == 0
+    # the photos detected now, timed by phase; a rerun that reuses every photo detects nothing
+    assert set(first.phase_seconds) == {"decode", "detect", "crop"} and all(first.phase_seconds.values())
+    assert crop_runs.second.reused == len(usable) and crop_runs.second.phase_seconds["detect"] == 0
 
 
 def test_crop_stage_writes_crops_linked_to_their_photo(crop_runs):
