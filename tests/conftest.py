@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 import pytest
 
-from shared_data import require_shared
+from shared_data import copy_celebrities, require_shared
 
 T = TypeVar("T")
 
@@ -95,9 +95,4 @@ def folder_snapshot():
 @pytest.fixture
 def two_person_scrape(data_dir: Path, tmp_path: Path) -> Path:
     """A small scrape in tmp_path: two real photos each of two people from 5-celebrity val."""
-    folder = tmp_path / "scrape"
-    for person in ("jerry_seinfeld", "mindy_kaling"):
-        (folder / person).mkdir(parents=True)
-        for photo in sorted((data_dir / "5-celebrity-faces" / "val" / person).iterdir())[:2]:
-            shutil.copy2(photo, folder / person / photo.name)
-    return folder
+    return copy_celebrities(tmp_path / "scrape", ("jerry_seinfeld", "mindy_kaling"), 2)

@@ -5,6 +5,7 @@ A user's fresh clone has no ../shared: tests that need it skip, saying so; CI ha
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,12 @@ def require_shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared is absent (a fresh clone): {SHARED} holds the photos and weights these tests use")
     return SHARED
+
+
+def copy_celebrities(folder: Path, people: tuple[str, ...], photos_per_person: int, split: str = "val") -> Path:
+    """A scrape in ``folder``: the first photos of each person of the 5-celebrity set's ``split``."""
+    for person in people:
+        (folder / person).mkdir(parents=True)
+        for photo in sorted((CELEBRITIES / split / person).iterdir())[:photos_per_person]:
+            shutil.copy2(photo, folder / person / photo.name)
+    return folder

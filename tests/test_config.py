@@ -108,6 +108,9 @@ def test_every_setting_has_help_shown_by_its_commands(settings_class, capsys):
 @pytest.mark.parametrize(
     "option, value, message",
     [
+        ("--detect-side", "10", "detect_side must be between 64 and 8192. Received: 10"),
+        ("--min-confidence", "2", "min_confidence must be between 0.0 and 1.0. Received: 2.0"),
+        ("--image-size", "8", "image_size must be between 32 and 1024. Received: 8"),
         ("--patience", "0", "patience must be between 1 and 1000. Received: 0"),
         ("--dropout", "0.95", "dropout must be between 0.0 and 0.9. Received: 0.95"),
         ("--head-l2-c", "0", "head_l2_c must be between 1e-06 and 1000000.0. Received: 0.0"),

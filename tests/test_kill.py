@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from shared_data import CELEBRITIES, SHARED, WEIGHTS_035_H5, require_shared
 from corpus import file_cases
+from processes import kill_when
+from shared_data import CELEBRITIES, SHARED, WEIGHTS_035_H5, require_shared
 from facecls.cli import main
 from facecls.modeldir import load_model_dir
 
@@ -48,25 +45,6 @@ def run_to_end(command: list[str]) -> str:
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     return finished.stdout
-
-
-def kill_when(command: list[str], ready, timeout: float = 400) -> None:
-    """Start ``command`` and SIGKILL it as soon as ``ready()`` is true; fails if it ended first."""
-    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would stall the command
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
-        deadline = time.monotonic() + timeout
-        try:
-            while process.poll() is None and not ready():
-                assert time.monotonic() < deadline, "the kill point never came"
-                time.sleep(0.01)
-            if process.poll() is not None:
-                stderr.seek(0)
-                pytest.fail("the command finished before the kill point: " + stderr.read().decode()[-2000:])
-            os.kill(process.pid, signal.SIGKILL)
-        finally:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
 
 
 def tree_bytes(folder: Path) -> dict[str, str]:
@@ -230,10 +208,11 @@ def test_run_with_other_settings_killed_after_its_save_then_rerun_does_not_reuse
     assert inode(out / "model") == first
     assert file_names(out) == file_names(reference)  # the partial model dir is cleared though nothing was saved
 
-    # killed once its model replaced the first (while calibrating it): the rerun must train again
+    # killed once its model replaced the first, before run.json names it: the rerun must train again.
+    # The model dir it left was saved calibrated in one step: never a model without its open set.
     kill_when(other, lambda: inode(out / "model") not in (first, None))
     info = load_model_dir(out / "model").info
-    assert info.train_settings.head_epochs == 4 and info.unknown_threshold is None
+    assert info.train_settings.head_epochs == 4 and info.unknown_threshold is not None
     assert json.loads(run_to_end(command))["trained"] is True
     info = load_model_dir(out / "model").info
     assert info.train_settings.head_epochs == 3 and info.unknown_threshold is not None

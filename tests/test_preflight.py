@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from facecls.cli import main
+from shared_data import copy_celebrities
 
 KERAS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + KERAS_FILE
@@ -24,12 +25,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.fixture
 def scrape(data_dir: Path, tmp_path: Path) -> Path:
     """Four real photos each of two people: as few as a run can split."""
-    folder = tmp_path / "scrape"
-    for person in ("jerry_seinfeld", "mindy_kaling"):
-        (folder / person).mkdir(parents=True)
-        for photo in sorted((data_dir / "5-celebrity-faces" / "val" / person).iterdir())[:4]:
-            shutil.copy2(photo, folder / person / photo.name)
-    return folder
+    return copy_celebrities(tmp_path / "scrape", ("jerry_seinfeld", "mindy_kaling"), 4)
 
 
 @pytest.fixture

@@ -14,12 +14,8 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +23,7 @@ import pytest
 
 from shared_data import SHARED
 from facecls.cli import main
+from processes import kill_when
 from ray_fixtures import ray_cluster  # noqa: F401  (the session's Ray cluster fixture)
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -103,25 +100,6 @@ def as_lines(rows: list[dict]) -> list[tuple]:
     return [tuple(row.items()) for row in rows]
 
 
-def kill_when_parts_appear(command: list[str], out: Path, timeout: float = 600) -> None:
-    """Start ``command``; SIGKILL it as soon as a first Parquet file is in OUT/predictions/."""
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
-        deadline = time.monotonic() + timeout
-        try:
-            while process.poll() is None and not list((out / "predictions").glob("*.parquet")):
-                assert time.monotonic() < deadline, "no Parquet file ever came"
-                time.sleep(0.01)
-            if process.poll() is not None:
-                stderr.seek(0)
-                pytest.fail("the run finished before it could be killed: " + stderr.read().decode()[-3000:])
-            os.kill(process.pid, signal.SIGKILL)
-        finally:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
-
-
 def actor_nodes() -> Counter:
     """Node of each PhotoClassifier actor the cluster has started (alive or dead)."""
     import ray
@@ -137,7 +115,7 @@ def test_driver_killed_then_rerun_gives_the_local_rows_once_on_both_nodes(model,
     out = tmp_path / "out"
     command = [sys.executable, "-m", "facecls", "--quiet", "classify", str(model), *inputs, "--out", str(out),
                "--engine", "ray", "--address", ray_cluster, "--actors", "2"]  # fmt: skip
-    kill_when_parts_appear(command, out)
+    kill_when(command, lambda: any((out / "predictions").glob("*.parquet")), timeout=600)  # a first Parquet file
     killed_rows = parquet_rows(out)
     assert 0 < len({row["path"] for row in killed_rows}) < len({row["path"] for row in expected})
     (out / "predictions" / "part-999999.parquet").write_bytes(b"PAR1 torn by a crash")
