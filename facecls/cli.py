@@ -419,8 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("scrape", help="folder with one subfolder of photos per person")
     ingest.add_argument("--out", required=True, help="run folder to write into")
-    _add_settings_options(ingest, (IngestSettings,))
-    ingest.set_defaults(handler=command_ingest)
+    _finish(ingest, command_ingest, (IngestSettings,))
 
     crop = commands.add_parser(
         "crop",
@@ -434,9 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     crop.add_argument("scrape", help="the scrape folder that was ingested")
     crop.add_argument("--out", required=True, help="run folder holding ingest.csv")
     crop.add_argument("--ingest-manifest", help="ingest manifest to read (default OUT/ingest.csv)")
-    _add_workers_option(crop)
-    _add_settings_options(crop, (DetectSettings, CropSettings))
-    crop.set_defaults(handler=command_crop)
+    _finish(crop, command_crop, (DetectSettings, CropSettings), workers=True)
 
     curate = commands.add_parser(
         "curate",
@@ -446,8 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes OUT/curate/splits.csv and curate.json.",
     )
     curate.add_argument("--out", required=True, help="run folder holding crop/")
-    _add_settings_options(curate, (CurateSettings,))
-    curate.set_defaults(handler=command_curate)
+    _finish(curate, command_curate, (CurateSettings,))
 
     train = commands.add_parser(
         "train",
@@ -457,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, help="run folder holding crop/ and curate/")
     train.add_argument("--model-dir", help="where to write the model dir (default OUT/model)")
-    _add_settings_options(train, (TrainSettings,))
-    train.set_defaults(handler=command_train)
+    _finish(train, command_train, (TrainSettings,))
 
     calibrate = commands.add_parser(
         "calibrate",
@@ -470,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("model_dir", help="a model dir written by facecls train or run")
     calibrate.add_argument("--crops", help="the run's crop folder, RUN/crop (default: found from the model dir)")
-    calibrate.set_defaults(handler=command_calibrate)
+    _finish(calibrate, command_calibrate)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -482,8 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model_dir", help="a model dir written by facecls train or run")
     evaluate.add_argument("folder", help="labelled photos laid out as FOLDER/<person>/*")
     evaluate.add_argument("--out", help="where to write the metrics and plots")
-    _add_workers_option(evaluate)
-    evaluate.set_defaults(handler=command_evaluate)
+    _finish(evaluate, command_evaluate, workers=True)
 
     run = commands.add_parser(
         "run",
@@ -494,9 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scrape", help="folder with one subfolder of photos per person")
     run.add_argument("--out", required=True, help="run folder to write into")
     run.add_argument("--model-dir", help="where to write the model dir (default OUT/model)")
-    _add_workers_option(run)
-    _add_settings_options(run, RUN_SETTINGS)
-    run.set_defaults(handler=command_run)
+    _finish(run, command_run, RUN_SETTINGS, workers=True)
 
     classify = commands.add_parser(
         "classify",
@@ -538,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     classify.add_argument("--address", default=None, help="with --engine ray: the cluster (auto, HOST:PORT, ray://HOST:PORT)")
     classify.add_argument("--actors", default=None, metavar="N|MIN,MAX", help="with --engine ray: actors, one CPU each (default 1 to all CPUs)")
-    classify.set_defaults(handler=command_classify)
+    _finish(classify, command_classify)
 
     export = commands.add_parser(
         "export",
@@ -563,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and checks the export against the Keras model",
     )
     export.add_argument("--out", help="folder to write into (default MODEL_DIR-export)")
-    export.set_defaults(handler=command_export)
+    _finish(export, command_export)
 
     demo = commands.add_parser(
         "demo",
@@ -584,9 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--photos-per-person", type=int, default=150,
         help="people with at least this many photos qualify; this many of each are used (default %(default)s)",
     )
-    _add_workers_option(demo)
-    _add_settings_options(demo, RUN_SETTINGS)
-    demo.set_defaults(handler=command_demo)
+    _finish(demo, command_demo, RUN_SETTINGS, workers=True)
 
     report = commands.add_parser(
         "report",
@@ -595,11 +585,20 @@ def build_parser() -> argparse.ArgumentParser:
         "done so far) or a classify output folder. Thumbnails go to FOLDER/report_files/.",
     )
     report.add_argument("folder", help="a run folder or a classify output folder")
-    report.set_defaults(handler=command_report)
+    _finish(report, command_report)
 
     for subparser in commands.choices.values():
         _add_output_options(subparser, argparse.SUPPRESS)
     return parser
+
+
+def _finish(parser: argparse.ArgumentParser, handler, settings: tuple = (), workers: bool = False) -> None:
+    """The end of every command's options: --workers if it detects faces, then an option for every
+    field of its settings records, then its handler."""
+    if workers:
+        _add_workers_option(parser)
+    _add_settings_options(parser, settings)
+    parser.set_defaults(handler=handler)
 
 
 def _add_output_options(parser: argparse.ArgumentParser, default) -> None:

@@ -121,9 +121,7 @@ class IngestSettings:
     """How ingest decides which files are usable."""
 
     min_side: int = setting(32, "photos with a shorter side (pixels) are too_small", between=(1, 10_000))
-    max_megapixels: float = setting(
-        50.0, "larger photos are too_large (a decompression-bomb guard)", between=(0.01, 1_000)
-    )
+    max_megapixels: float = setting(50.0, "larger photos are too_large (a decompression-bomb guard)", between=(0.01, 1_000))
     near_duplicate_distance: int = setting(
         4, "max perceptual-hash (64-bit dHash) distance for near duplicates", between=(0, 32)
     )
@@ -147,9 +145,7 @@ class DetectSettings:
         0.80, "with face_policy consensus, a face down to this confidence is trained on when the identity "
         "network agrees it is the person", between=(0.0, 1.0),
     )  # fmt: skip
-    min_face_fraction: float = setting(
-        0.04, "ignore faces smaller than this fraction of the photo's shorter side", between=(0.0, 1.0)
-    )
+    min_face_fraction: float = setting(0.04, "ignore faces under this fraction of the photo's shorter side", between=(0.0, 1.0))
     # With the networks compiled (facecls.detect) a batch of 8 costs the same CPU as 8 single calls
     # (0.044 s/photo, 83 shared photos), and one photo per call makes its boxes independent of which
     # photos it was batched with.
@@ -192,9 +188,7 @@ class CropSettings:
         0.5, "identity distance (dlib's 128-d space) to the consensus of the person's other photos under "
         "which a face is theirs", between=(0.0, 2.0),
     )  # fmt: skip
-    sure_agree_distance: float = setting(
-        0.55, "agree_distance for a face MTCNN is sure of (confidence 0.99 or more)", between=(0.0, 2.0)
-    )
+    sure_agree_distance: float = setting(0.55, "agree_distance for a face MTCNN is sure of (0.99 or more)", between=(0.0, 2.0))
     # The two at 0.90-0.92 in scraped-celebs-6 were a shirt and a chest, real bystanders scored
     # 0.947-1.0. Fewer negatives cost little; a shirt among them teaches the wrong thing.
     other_min_confidence: float = setting(
@@ -258,9 +252,7 @@ class TrainSettings:
         "block_13_expand", "first layer of the base trained in phase 2, at most block_13_expand ('' skips phase 2)"
     )
     batch_size: int = setting(32, "training batch size of phase 2", between=(1, 4096))
-    patience: int = setting(
-        5, "phase 2 stops after this many epochs without a lower validation loss", between=(1, 1000)
-    )
+    patience: int = setting(5, "phase 2 stops after this many epochs without a lower validation loss", between=(1, 1000))
     seed: int = setting(0, "seed of training", between=(0, 2**32 - 1))
 
     def __post_init__(self):

@@ -19,7 +19,7 @@ from facecls.config import CurateSettings, settings_to_dict
 from facecls.crop import CropRecord
 from facecls.errors import FaceclsError
 from facecls.layout import CURATE_SUMMARY, SPLITS_MANIFEST
-from facecls.manifest import field_names, output_lock, read_csv, write_csv, write_json
+from facecls.manifest import output_lock, read_csv, write_stage_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -175,19 +175,15 @@ def curate(crops_manifest: Path, out_dir: Path, settings: CurateSettings = Curat
     }
     training_counts = {person: sum(1 for item in train if item.person == person) for person in people}
     with output_lock(out_dir):
-        manifest_path = out_dir / SPLITS_MANIFEST
-        write_csv(manifest_path, items, field_names(SplitItem))
-        write_json(
-            out_dir / CURATE_SUMMARY,
-            {
-                "crops_manifest": str(crops_manifest.resolve()),
-                "settings": settings_to_dict(settings),
-                "crops_per_person_and_split": counts,
-                "training_items_per_person": training_counts,
-                "dropped_by_undersampling": dropped,
-                "repeated_by_oversampling": repeated,
-            },
-        )
+        summary = {
+            "crops_manifest": str(crops_manifest.resolve()),
+            "settings": settings_to_dict(settings),
+            "crops_per_person_and_split": counts,
+            "training_items_per_person": training_counts,
+            "dropped_by_undersampling": dropped,
+            "repeated_by_oversampling": repeated,
+        }
+        manifest_path = write_stage_outputs(out_dir, SPLITS_MANIFEST, items, SplitItem, CURATE_SUMMARY, summary)
     return CurateResult(items, counts, dropped, repeated, manifest_path)
 
 

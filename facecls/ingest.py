@@ -37,7 +37,7 @@ from facecls import images
 from facecls.config import IngestSettings, settings_to_dict
 from facecls.errors import FaceclsError
 from facecls.layout import INGEST_MANIFEST, INGEST_SUMMARY
-from facecls.manifest import field_names, output_lock, read_csv, sha256_file, write_csv, write_json
+from facecls.manifest import output_lock, read_csv, sha256_file, write_stage_outputs
 from facecls.paths import check_output_folder, display_name, is_valid_utf8, person_name_problem
 
 logger = logging.getLogger(__name__)
@@ -324,18 +324,14 @@ def ingest(scrape: Path, out_dir: Path, settings: IngestSettings = IngestSetting
         per_person = {
             person: dict(Counter(record.status for record in records if record.person == person)) for person in people
         }
-        manifest_path = out_dir / INGEST_MANIFEST
-        write_csv(manifest_path, records, field_names(IngestRecord))
-        write_json(
-            out_dir / INGEST_SUMMARY,
-            {
-                "scrape": str(scrape.resolve()),
-                "settings": settings_to_dict(settings),
-                "files": len(records),
-                "counts": dict(counts),
-                "per_person": per_person,
-            },
-        )
+        summary = {
+            "scrape": str(scrape.resolve()),
+            "settings": settings_to_dict(settings),
+            "files": len(records),
+            "counts": dict(counts),
+            "per_person": per_person,
+        }
+        manifest_path = write_stage_outputs(out_dir, INGEST_MANIFEST, records, IngestRecord, INGEST_SUMMARY, summary)
     for person, person_counts in per_person.items():
         if not person_counts.get("ok"):
             logger.warning("%s: no usable photo of %s", scrape / person, person)

@@ -137,6 +137,16 @@ def write_csv(path: Path, records: Iterable[Any], fieldnames: list[str]) -> None
     atomic_write_text(path, csv_text(records, fieldnames))
 
 
+def write_stage_outputs(out_dir: Path, manifest_name: str, records: list, record_type: type, summary_name: str,
+                        summary: dict[str, Any]) -> Path:
+    """A stage's manifest (one row per record, columns the record's fields), then its summary, both
+    atomically; returns the manifest's path."""
+    manifest_path = Path(out_dir) / manifest_name
+    write_csv(manifest_path, records, field_names(record_type))
+    write_json(Path(out_dir) / summary_name, summary)
+    return manifest_path
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, encoding="utf-8", newline="") as file:
