@@ -107,11 +107,10 @@ class FaceModel:
         self.batch_size = batch_size
         self.identity = identity
         self._model = None
-        self._call = None
-        self._describe = None
+        self._encoder = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_model": None, "_call": None, "_describe": None}
+        return {**self.__dict__, "_model": None, "_encoder": None}
 
     def load(self):
         """Load (once) and check the model dir; returns the classifier.
@@ -121,41 +120,35 @@ class FaceModel:
                 with facecls.json.
             IdentityWeightsError: the open set needs the identity network and its weights are missing.
         """
-        import tensorflow as tf
-
         from facecls.identity import IdentityEncoder
         from facecls.modeldir import load_model_dir
 
         if self._model is None:
             model = load_model_dir(self.model_dir).model
-            # One trace for every number of faces (a chunk of photos holds any number).
-            signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)]
-            self._call = tf.function(lambda crops: model(crops, training=False), input_signature=signature)
             if self.identity:
-                network = IdentityEncoder().model
-                signature = [tf.TensorSpec((None, *network.input_shape[1:]), tf.float32)]
-                self._describe = tf.function(lambda chips: network(chips, training=False), input_signature=signature)
+                self._encoder = IdentityEncoder(batch_size=self.batch_size)
+                self._encoder.model  # built now: missing weights fail here, not at the first face
             self._model = model
         return self._model
 
     def outputs(self, crops: np.ndarray, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities [N, C], identity descriptors [N, D] or None without the open set) of
-        RGB crops [N, size, size, 3] and their identity chips [N, 150, 150, 3], both 0-255."""
+        RGB crops [N, size, size, 3] and their identity chips [N, 150, 150, 3], both 0-255.
+
+        Both networks run through ``facecls.model.predict_batched``, as in training, evaluate and
+        calibration."""
+        from facecls.model import predict_batched
+
         model = self.load()
-        crops, chips = np.asarray(crops, dtype=np.float32), np.asarray(chips, dtype=np.float32)
-        expected = tuple(model.input_shape[1:])
-        if crops.ndim != 4 or crops.shape[1:] != expected:
-            raise FaceclsError(f"crops must have shape (N, {', '.join(map(str, expected))}). Received: {crops.shape}")
-        probabilities = [self._call(crops[start : start + self.batch_size]).numpy() for start in range(0, len(crops), self.batch_size)]
-        probabilities = np.concatenate(probabilities) if probabilities else np.zeros((0, int(model.output.shape[-1])), np.float32)
+        probabilities = np.asarray(predict_batched(model, np.asarray(crops, dtype=np.float32), self.batch_size))
         if not self.identity:
             return probabilities, None
-        from facecls.identity import CHIP_SIZE, EMBEDDING_SIZE
+        from facecls.identity import CHIP_SIZE
 
-        if chips.shape != (len(crops), CHIP_SIZE, CHIP_SIZE, 3):
-            raise FaceclsError(f"chips must have shape ({len(crops)}, {CHIP_SIZE}, {CHIP_SIZE}, 3). Received: {chips.shape}")
-        identities = [self._describe(chips[start : start + self.batch_size]).numpy() for start in range(0, len(chips), self.batch_size)]
-        return probabilities, np.concatenate(identities) if identities else np.zeros((0, EMBEDDING_SIZE), np.float32)
+        if np.shape(chips) != (len(probabilities), CHIP_SIZE, CHIP_SIZE, 3):
+            raise FaceclsError(f"chips must have shape ({len(probabilities)}, {CHIP_SIZE}, {CHIP_SIZE}, 3). "
+                               f"Received: {np.shape(chips)}")  # fmt: skip
+        return probabilities, self._encoder.embed(np.asarray(chips))
 
     def __call__(self, photos: list[PhotoFaces]) -> list[FaceOutputs]:
         from facecls.identity import CHIP_SIZE

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from facecls.errors import FaceclsError
+from facecls.errors import FaceclsError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ def prepare_scrape(
             warnings.simplefilter("ignore")  # one "Retry downloading" warning per attempt; the error says it all
             dataset = _fetch(data_home, photos_per_person, download)
     except OSError as error:  # no network (URLError), a failed download, or a missing file with download off
-        raise FaceclsError(_offline_message(data_home, download, _one_line(error))) from None
+        raise FaceclsError(_offline_message(data_home, download, one_line(error))) from None
     except ValueError as error:  # min_faces_per_person too restrictive: nobody has that many photos
         raise FaceclsError(
-            f"No person in LFW has {photos_per_person} photos ({_one_line(error)}). Lower --photos-per-person."
+            f"No person in LFW has {photos_per_person} photos ({one_line(error)}). Lower --photos-per-person."
         ) from None
     images = data_home.joinpath(*LFW_IMAGES)
     folders = [name.replace(" ", "_") for name in dataset.target_names]
@@ -126,11 +126,6 @@ def _fetch(data_home: Path, photos_per_person: int, download: bool):
 
 def _photos(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_file()) if folder.is_dir() else []
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def demo(

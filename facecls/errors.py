@@ -1,4 +1,5 @@
-"""The one exception type the CLI turns into a one-line message and exit status 1."""
+"""The one exception type the CLI turns into a one-line message and exit status 1, and the one way a
+library's error becomes part of such a line."""
 
 
 class FaceclsError(Exception):
@@ -12,6 +13,12 @@ class ImageDecodeError(FaceclsError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: cannot decode image ({reason}). Check the file or remove it from the input.")
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """A library's error message on one line, at most ``limit`` characters (its type if it has none)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ModelDirError(FaceclsError):

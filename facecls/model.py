@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from facecls.quiet import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # before keras imports TensorFlow: quiet, at facecls's log level
 # TensorFlow warns about retracing each time a new model first predicts; that is expected here.
 if logging.getLogger("tensorflow").level == logging.NOTSET:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -30,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from facecls.config import IMAGENET_WEIGHTS_URL, imagenet_weights_file_name, weights_hint  # noqa: E402
-from facecls.errors import FaceclsError  # noqa: E402
+from facecls.errors import FaceclsError, one_line  # noqa: E402
 
 # Layer names of the classifier; the model-dir reader and classify find the parts by them.
 PIXELS_LAYER = "pixels"
@@ -50,11 +51,6 @@ DEEPEST_CUT = "block_13_expand"
 GRID = 3
 
 
-def _one_line(error: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _download_imagenet_weights(alpha: float, cache_dir: Path | None) -> Path:
     file_name = imagenet_weights_file_name(alpha)
     if cache_dir is not None:
@@ -70,7 +66,7 @@ def _download_imagenet_weights(alpha: float, cache_dir: Path | None) -> Path:
             )
     except Exception as error:
         raise FaceclsError(
-            f"Cannot download the ImageNet weights {file_name} ({_one_line(error, 160)}). "
+            f"Cannot download the ImageNet weights {file_name} ({one_line(error, 160)}). "
             f"{weights_hint(alpha)}, or copy that file into the Keras cache (~/.keras/models)."
         ) from None
     return Path(path)
@@ -106,7 +102,7 @@ def load_base(alpha: float, image_size: int, weights: str, cache_dir: Path | Non
     try:
         base.load_weights(str(path))
     except ValueError as error:
-        message = _one_line(error)
+        message = one_line(error, 240)
         if "hape" in message or "could not be loaded" in message or "layers" in message:
             reason = f"its arrays do not fit MobileNetV2 alpha {alpha} ({message})"
         else:
@@ -114,7 +110,7 @@ def load_base(alpha: float, image_size: int, weights: str, cache_dir: Path | Non
         raise FaceclsError(f"Cannot load weights {path}: {reason}. {weights_hint(alpha)}.") from None
     except (OSError, KeyError, TypeError) as error:
         raise FaceclsError(
-            f"Cannot load weights {path}: not a readable HDF5 weights file ({_one_line(error)}). "
+            f"Cannot load weights {path}: not a readable HDF5 weights file ({one_line(error, 240)}). "
             f"{weights_hint(alpha)}."
         ) from None
     return base

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from facecls.config import CropSettings, DetectSettings, TrainSettings, settings_from_dict, unknown_key_problem
-from facecls.errors import FaceclsError, ModelDirError
+from facecls.errors import FaceclsError, ModelDirError, one_line
 from facecls.manifest import atomic_write_bytes, read_json, write_json
 from facecls.paths import person_name_problem
 
@@ -382,8 +382,7 @@ def load_model_dir(path: Path) -> LoadedModel:
     try:
         model = keras.saving.load_model(str(model_path), safe_mode=True, compile=False)
     except Exception as error:
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise ModelDirError(f"{model_path} cannot be loaded ({reason}). Retrain to write a new model dir.") from None
+        raise ModelDirError(f"{model_path} cannot be loaded ({one_line(error)}). Retrain to write a new model dir.") from None
     outputs = int(model.output_shape[-1])
     if outputs != len(info.labels):
         raise ModelDirError(
@@ -444,9 +443,8 @@ def read_open_set(path: Path) -> dict[str, Any] | None:
         with np.load(file, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, EOFError) as error:
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise ModelDirError(
-            f"{file} cannot be read ({reason}). Recalibrate the model dir: facecls calibrate {path}"
+            f"{file} cannot be read ({one_line(error)}). Recalibrate the model dir: facecls calibrate {path}"
         ) from None
     for name, array in arrays.items():
         if array.dtype.kind not in "biufU":

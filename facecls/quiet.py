@@ -18,6 +18,9 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+# TensorFlow's C++ log level wherever facecls imports it: only fatal messages.
+TENSORFLOW_LOG_LEVEL = "3"
+
 
 @contextmanager
 def stderr_descriptor_silenced() -> Iterator[None]:
@@ -34,14 +37,19 @@ def stderr_descriptor_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+def _set_log_level() -> None:
+    """The one place facecls sets ``TF_CPP_MIN_LOG_LEVEL`` (unless the user has)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TENSORFLOW_LOG_LEVEL)
+
+
 def _start_tensorflow(module) -> None:
     module.config.list_logical_devices()  # creates the CPU device, which prints the last notice
 
 
 def import_tensorflow_quietly():
     """Import TensorFlow now with descriptor 2 silenced (a worker process, before its progress bars);
-    returns the module. The one place facecls sets ``TF_CPP_MIN_LOG_LEVEL``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    returns the module."""
+    _set_log_level()
     if "tensorflow" not in sys.modules:
         with stderr_descriptor_silenced():
             import tensorflow
@@ -76,7 +84,7 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
 
 def silence_tensorflow_start_up() -> None:
     """Make the first import of TensorFlow in this process silent on stderr (no-op once imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _set_log_level()
     if "tensorflow" in sys.modules or any(isinstance(finder, _QuietTensorFlowFinder) for finder in sys.meta_path):
         return
     sys.meta_path.insert(0, _QuietTensorFlowFinder())

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from facecls.quiet import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # before keras imports TensorFlow: quiet, at facecls's log level
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
