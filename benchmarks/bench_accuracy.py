@@ -44,7 +44,7 @@ from facecls.ingest import ingest  # noqa: E402
 from facecls.modeldir import load_model_dir  # noqa: E402
 from facecls.identity import IdentityEncoder  # noqa: E402
 from facecls.images import read_rgb  # noqa: E402
-from facecls.model import predict_probabilities  # noqa: E402
+from facecls.model import predict_batched  # noqa: E402
 from facecls.openset import calibrate_from_crops, load_open_set  # noqa: E402
 from facecls.train import train_model  # noqa: E402
 
@@ -85,7 +85,7 @@ def other_set_rejected(model_dir: Path, other_crops_dir: Path) -> tuple[int, int
     crops = np.stack([read_rgb(other_crops_dir / record.crop_path) for record in records])
     chips = np.stack([read_rgb(other_crops_dir / chip_path_of(record.crop_path)) for record in records])
     open_set = load_open_set(model_dir, loaded.labels)
-    named, _ = open_set.decide(IdentityEncoder().embed(chips), predict_probabilities(loaded.model, crops),
+    named, _ = open_set.decide(IdentityEncoder().embed(chips), predict_batched(loaded.model, crops),
                                loaded.info.unknown_threshold)
     return int(np.sum(named < 0)), len(records)
 

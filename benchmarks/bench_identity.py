@@ -251,8 +251,8 @@ def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, ta
                    rules=RULES):
     from facecls.modeldir import load_model_dir
     from facecls.images import read_rgb
-    from facecls.model import predict_probabilities
-    from facecls.openset import calibrate_arrays
+    from facecls.model import predict_batched
+    from facecls.openset import DECISION_THRESHOLD, calibrate_arrays
     from facecls.train import train_model
 
     labels = tuple(sorted(group))
@@ -302,7 +302,7 @@ def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, ta
         faces_p = stored["probabilities"]
     else:
         pixels = np.stack([read_rgb(crop_folders[name.split(":", 1)[0]] / name.split(":", 1)[1]) for name in faces])
-        faces_p = predict_probabilities(load_model_dir(model_dir).model, pixels)
+        faces_p = predict_batched(load_model_dir(model_dir).model, pixels)
         np.savez(cache, names=np.array(faces), probabilities=faces_p, seconds=mobilenet_seconds)
 
     # the open set of today, calibrated on val+test as it was
@@ -322,7 +322,7 @@ def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, ta
     negatives_y = np.array([index[record.person] for record in negative_records], dtype=int)
     started = time.perf_counter()
     model, calibration = calibrate_arrays(labels, train_x, train_y, negatives_x, negatives_y)
-    named["new"] = model.decide(faces_x, faces_p, model.default_threshold)[0]
+    named["new"] = model.decide(faces_x, faces_p, DECISION_THRESHOLD)[0]
     new_seconds = time.perf_counter() - started
     for variant in set(rules) & set(VARIANTS):
         prior, neighbours, recall, naming = VARIANTS[variant]
@@ -332,7 +332,7 @@ def evaluate_split(group, seed, six_crops, photos, descriptors, dlib_results, ta
                                     target_recall=recall or 0.95)
         scores = other.person_scores(faces_x)
         weights = {"mobilenet": faces_p, "identity": scores, "product": faces_p * scores}[naming]
-        named[variant] = other.decide(faces_x, weights, other.default_threshold)[0]
+        named[variant] = other.decide(faces_x, weights, DECISION_THRESHOLD)[0]
     details.append({"group": labels, "seed": seed, "distances": model.person_distances.round(3).tolist(),
                     "loo_recall": calibration.known_recall, "negatives_rejected": calibration.stranger_rejection,
                     "references": len(model.references), "outliers": calibration.outliers})

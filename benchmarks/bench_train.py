@@ -32,7 +32,7 @@ from shared_data import WEIGHTS_035_H5  # noqa: E402
 from facecls.config import CropSettings, DetectSettings, TrainSettings  # noqa: E402
 from facecls.evaluate import load_split_crops  # noqa: E402
 from facecls.images import read_rgb  # noqa: E402
-from facecls.model import build_classifier, load_base, predict_probabilities, split_classifier, unfreeze_top  # noqa: E402
+from facecls.model import build_classifier, load_base, predict_batched, split_classifier, unfreeze_top  # noqa: E402
 from facecls.modeldir import load_model_dir  # noqa: E402
 from facecls.train import train_model  # noqa: E402
 
@@ -67,7 +67,7 @@ def plain_fit(items, crops_dir: Path, settings: TrainSettings, image_size: int, 
             callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=settings.patience, restore_best_weights=True)],
         )
         times[phase] = (time.perf_counter() - started, len(history.history["loss"]))
-    accuracy = float(np.mean(predict_probabilities(classifier, val.pixels).argmax(axis=1) == val_targets))
+    accuracy = float(np.mean(predict_batched(classifier, val.pixels).argmax(axis=1) == val_targets))
     return {"times": times, "val_accuracy": accuracy}
 
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                              CropSettings(image_size=args.image_size), DetectSettings())
         loaded = load_model_dir(result.model_dir)
         val_targets = np.array([labels.index(label) for label in val.labels])
-        saved_accuracy = float(np.mean(predict_probabilities(loaded.model, val.pixels).argmax(axis=1) == val_targets))
+        saved_accuracy = float(np.mean(predict_batched(loaded.model, val.pixels).argmax(axis=1) == val_targets))
     plain = plain_fit(items, crops_dir, settings, args.image_size, labels, val, args.plain_head_epochs)
 
     cached = {"head": (result.head_seconds, result.head_epochs_run),

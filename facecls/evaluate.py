@@ -119,7 +119,7 @@ def evaluate_crops(loaded: LoadedModel, crops: LabelledCrops, out_dir: Path) -> 
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from facecls.model import predict_probabilities
+    from facecls.model import predict_batched
 
     labels = tuple(loaded.labels)
     if len(crops.labels) == 0:
@@ -137,7 +137,7 @@ def evaluate_crops(loaded: LoadedModel, crops: LabelledCrops, out_dir: Path) -> 
         )
     class_of = {label: index for index, label in enumerate(labels)}
     truth = np.array([class_of[label] for label in crops.labels])
-    probabilities = predict_probabilities(loaded.model, crops.pixels)
+    probabilities = predict_batched(loaded.model, crops.pixels)
     predicted = np.argmax(probabilities, axis=1)
     count, correct = len(truth), int(np.sum(predicted == truth))
     low, high = wilson_interval(correct, count)

@@ -256,7 +256,7 @@ def export_model_dir(
             "--quantize int8 needs --representative FOLDER of face crops to calibrate on (e.g. <run>/crop/faces). "
             "Received none."
         )
-    from facecls.model import predict_probabilities
+    from facecls.model import predict_batched
     from facecls.modeldir import library_versions, load_model_dir
     from facecls.paths import check_output_folder
 
@@ -293,7 +293,7 @@ def export_model_dir(
 
     check = None
     if crops is not None:
-        expected = predict_probabilities(loaded.model, crops.astype(np.float32))
+        expected = predict_batched(loaded.model, crops.astype(np.float32))
         check = compare(expected, run_exported(target, crops), TOLERANCES[(export_format, quantization)])
         if not check.within_tolerance:
             logger.warning("%s strays from the Keras model beyond the stated tolerance: %s", target, check)

@@ -327,8 +327,3 @@ def predict_batched(model: keras.Model, inputs: np.ndarray, batch_size: int = 32
     else:
         results = [np.concatenate(parts) for parts in zip(*chunks)]
     return results if isinstance(model.output, (list, tuple)) else results[0]
-
-
-def predict_probabilities(model: keras.Model, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities [N, C] for RGB crops [N, H, W, 3] with values in [0, 255]."""
-    return predict_batched(model, pixels, batch_size)

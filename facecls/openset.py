@@ -76,8 +76,6 @@ class OpenSetModel:
     prior_distance: float = DEFAULT_PRIOR_DISTANCE
     crops_dir: str = ""  # the crop folder calibrated from, for facecls calibrate
 
-    default_threshold = DECISION_THRESHOLD
-
     def neighbour_distances(self, identities: np.ndarray) -> np.ndarray:
         """Distance [N, C] of each face to the ``neighbours``-th nearest reference of each person."""
         identities = np.asarray(identities, dtype=np.float64)

@@ -72,9 +72,9 @@ def test_in_memory_crops_with_wrong_labels_are_all_mistakes(setup, tmp_path):
 def test_no_mistakes_gives_a_clear_image(setup, tmp_path):
     loaded, crops_dir, items = setup
     val = load_split_crops(items, crops_dir, "val")
-    from facecls.model import predict_probabilities
+    from facecls.model import predict_batched
 
-    predicted = predict_probabilities(loaded.model, val.pixels).argmax(axis=1)
+    predicted = predict_batched(loaded.model, val.pixels).argmax(axis=1)
     as_predicted = LabelledCrops(val.pixels, tuple(loaded.labels[index] for index in predicted), val.identifiers)
     report = evaluate_crops(loaded, as_predicted, tmp_path)
     assert report.accuracy == 1.0 and report.mistakes == ()

@@ -23,7 +23,7 @@ from facecls.export import TOLERANCES, export_model_dir, run_exported
 def model_and_crops(open_set_model):
     """(model dir, loaded model, crops of its people, Keras probabilities, crops folder for int8)."""
     from facecls.images import read_rgb
-    from facecls.model import predict_probabilities
+    from facecls.model import predict_batched
     from facecls.modeldir import load_model_dir
 
     model_dir, _, crops_dir, known, _ = open_set_model
@@ -31,7 +31,7 @@ def model_and_crops(open_set_model):
     pixels = np.stack([read_rgb(crops_dir / item.crop_path) for item in known])
     assert len(pixels) > 80
     representative = crops_dir / "train"  # the crops it was trained on, as an app's calibration set would be
-    return model_dir, loaded, pixels, predict_probabilities(loaded.model, pixels.astype(np.float32)), representative
+    return model_dir, loaded, pixels, predict_batched(loaded.model, pixels.astype(np.float32)), representative
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from facecls.model import (
     imagenet_weights_file_name,
     load_base,
     predict_batched,
-    predict_probabilities,
     split_classifier,
     unfreeze_top,
 )
@@ -57,10 +56,10 @@ def test_preprocessing_lives_inside_the_model(classifier, pixels):
     logits = features @ kernel + bias
     manual = np.exp(logits - logits.max(axis=1, keepdims=True))
     manual /= manual.sum(axis=1, keepdims=True)
-    probabilities = predict_probabilities(classifier, pixels)
+    probabilities = predict_batched(classifier, pixels)
     np.testing.assert_allclose(probabilities, manual, atol=1e-5)
     # Feeding already scaled pixels must not give the same answer: scaling is not skipped.
-    rescaled = predict_probabilities(classifier, pixels.astype(np.float32) / 127.5 - 1.0)
+    rescaled = predict_batched(classifier, pixels.astype(np.float32) / 127.5 - 1.0)
     assert np.abs(rescaled - probabilities).max() > 1e-3
 
 
@@ -129,7 +128,7 @@ def test_imagenet_from_the_keras_cache_works_at_any_input_size(weights, tmp_path
 
 def test_parts_compute_what_the_full_classifier_computes(classifier, pixels):
     parts = split_classifier(classifier, "block_13_expand")
-    full = predict_probabilities(classifier, pixels)
+    full = predict_batched(classifier, pixels)
     cut = predict_batched(parts.bottom, pixels)
     np.testing.assert_allclose(predict_batched(parts.top, cut), full, atol=1e-6)
     np.testing.assert_allclose(predict_batched(parts.head, predict_batched(parts.pooled, cut)), full, atol=1e-6)
@@ -175,8 +174,8 @@ def test_fine_tuning_keeps_batchnorm_statistics_and_the_bottom(weights, pixels):
 
 
 def test_predict_batched_pads_the_last_batch_and_checks_shapes(classifier, pixels):
-    one_by_one = np.concatenate([predict_probabilities(classifier, pixels[index : index + 1]) for index in range(5)])
-    np.testing.assert_allclose(predict_probabilities(classifier, pixels[:5], batch_size=4), one_by_one, atol=1e-6)
-    assert predict_probabilities(classifier, pixels[:0]).shape == (0, 4)
+    one_by_one = np.concatenate([predict_batched(classifier, pixels[index : index + 1]) for index in range(5)])
+    np.testing.assert_allclose(predict_batched(classifier, pixels[:5], batch_size=4), one_by_one, atol=1e-6)
+    assert predict_batched(classifier, pixels[:0]).shape == (0, 4)
     with pytest.raises(FaceclsError, match=r"shape \(N, 96, 96, 3\). Received: \(2, 64, 64, 3\)"):
-        predict_probabilities(classifier, np.zeros((2, 64, 64, 3), np.uint8))
+        predict_batched(classifier, np.zeros((2, 64, 64, 3), np.uint8))

@@ -11,7 +11,7 @@ import pytest
 from facecls import modeldir
 from facecls.config import CropSettings, DetectSettings, TrainSettings
 from facecls.errors import FaceclsError, ModelDirError
-from facecls.model import build_classifier, predict_probabilities
+from facecls.model import build_classifier, predict_batched
 from facecls.modeldir import load_model_dir, new_model_info, save_model_dir
 
 SIZE = 32
@@ -56,7 +56,7 @@ def test_round_trip_keeps_model_labels_and_settings(saved, classifier):
     assert loaded.info.unknown_threshold is None and loaded.info.metrics == {"val_accuracy": 0.5}
     assert set(loaded.info.versions) == {"python", "facecls", "tensorflow", "keras", "numpy", "mtcnn"}
     pixels = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3)).astype(np.uint8)
-    np.testing.assert_allclose(predict_probabilities(loaded.model, pixels), predict_probabilities(classifier, pixels), atol=1e-6)
+    np.testing.assert_allclose(predict_batched(loaded.model, pixels), predict_batched(classifier, pixels), atol=1e-6)
     assert json.loads((saved / "history.json").read_text()) == {"head": {"loss": [1.0, 0.5]}}
 
 

@@ -12,7 +12,7 @@ from shared_data import WEIGHTS_035_H5, WEIGHTS_100_H5
 from facecls.config import CropSettings, DetectSettings, TrainSettings
 from facecls.errors import FaceclsError, ModelDirError
 from facecls.evaluate import load_split_crops
-from facecls.model import base_of, load_base, predict_probabilities
+from facecls.model import base_of, load_base, predict_batched
 from facecls.modeldir import load_model_dir
 from facecls.train import CURVES_FILE, train_model
 
@@ -50,7 +50,7 @@ def test_saved_full_model_matches_the_cached_training_path(trained, crops):
     crops_dir, items = crops
     loaded = load_model_dir(trained.model_dir)
     val = load_split_crops(items, crops_dir, "val")
-    probabilities = predict_probabilities(loaded.model, val.pixels)
+    probabilities = predict_batched(loaded.model, val.pixels)
     targets = np.array([trained.labels.index(label) for label in val.labels])
     picked = np.clip(probabilities[np.arange(len(targets)), targets], 1e-7, 1.0)  # as training clips
     loss = float(np.mean(-np.log(picked)))
