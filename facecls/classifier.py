@@ -48,7 +48,7 @@ from facecls.faces import DetectorFactory, FaceCropper, PhotoFaces, default_work
 from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
 from facecls.manifest import atomic_write_bytes, output_lock, read_json, sha256_file, write_json
 from facecls.outputs import ANNOTATED_FOLDER, NO_FACE, PREDICTIONS_CSV, SUMMARY_NAME, UNKNOWN, UNREADABLE
-from facecls.paths import check_output_folder, display_name, is_valid_utf8
+from facecls.paths import check_output_folder, display_name, is_valid_utf8, walk_files
 from facecls.predictions import (
     FacePrediction, PhotoPrediction, PredictionWriter, RowCounts, prediction_columns, prediction_rows, repair_outputs,
 )
@@ -381,12 +381,7 @@ def iter_input_files(inputs: Sequence[Path]) -> Iterator[str]:
         if not item.is_dir():
             yield str(item)
             continue
-        for root, folders, names in os.walk(item, followlinks=False):
-            folders.sort()
-            # Symlinked folders are not walked, but listed, so each gets an unreadable row saying why.
-            linked = [name for name in folders if os.path.islink(os.path.join(root, name))]
-            for name in sorted(names + linked):
-                yield os.path.join(root, name)
+        yield from walk_files(item)
 
 
 def sha256_or_empty(path: str, max_bytes: int) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from facecls.curate import SplitItem
 from facecls.errors import FaceclsError
-from facecls.images import read_rgb
+from facecls.images import read_crops
 from facecls.layout import METRICS_FILE
 from facecls.manifest import atomic_write_bytes, write_json
 from facecls.modeldir import LoadedModel
@@ -103,7 +103,7 @@ def load_split_crops(items: Iterable[SplitItem], crops_dir: Path, split: str = "
     if not chosen:
         raise FaceclsError(f"The {split} split holds no crops. Curate with a {split} fraction above 0, or pick another split.")
     ordered = [chosen[path] for path in sorted(chosen)]
-    pixels = np.stack([read_rgb(crops_dir / item.crop_path) for item in ordered])
+    pixels = read_crops(crops_dir, [item.crop_path for item in ordered], None, "crop", "Re-run the crop stage.")
     return LabelledCrops(
         pixels=pixels,
         labels=tuple(item.person for item in ordered),

@@ -14,13 +14,13 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
-from facecls.errors import ImageDecodeError
+from facecls.errors import FaceclsError, ImageDecodeError
 from facecls.manifest import atomic_write_bytes
 
 register_heif_opener()  # HEIC / HEIF, what phones save photos as
@@ -310,3 +310,29 @@ def write_image(path: Path, pixels: np.ndarray, quality: int = 95) -> None:
 def read_rgb(path: Path) -> np.ndarray:
     """Decode a file into RGB pixels (convenience for crops written by facecls)."""
     return decode_image(path).pixels
+
+
+def read_crops(folder: Path, paths: Sequence[str], size: int | None, what: str = "crop", fix: str = "",
+               flipped: Sequence[bool] | None = None) -> np.ndarray:
+    """The images at ``paths`` (relative to ``folder``) as one uint8 array [N, size, size, 3]: face
+    crops or identity chips written by facecls, each mirrored where ``flipped`` says so.
+
+    Raises:
+        FaceclsError: a file cannot be read, or is not ``size`` square (``size`` None: any one size).
+    """
+    folder = Path(folder)
+    pixels: np.ndarray | None = None
+    for index, path in enumerate(paths):
+        try:
+            image = read_rgb(folder / path)
+        except (ImageDecodeError, OSError) as error:
+            raise FaceclsError(f"{folder / path}: cannot read this {what} ({error}). {fix}".rstrip()) from None
+        side = size or (pixels.shape[1] if pixels is not None else image.shape[0])
+        if image.shape != (side, side, 3):
+            raise FaceclsError(
+                f"{folder / path}: {what}s must be {side}x{side}. Received: {image.shape[1]}x{image.shape[0]}. {fix}".rstrip()
+            )
+        if pixels is None:
+            pixels = np.empty((len(paths), side, side, 3), dtype=np.uint8)
+        pixels[index] = image[:, ::-1] if flipped is not None and flipped[index] else image
+    return pixels if pixels is not None else np.empty((0, size or 0, size or 0, 3), dtype=np.uint8)

@@ -38,7 +38,7 @@ from facecls.config import IngestSettings, settings_to_dict
 from facecls.errors import FaceclsError
 from facecls.layout import INGEST_MANIFEST, INGEST_SUMMARY
 from facecls.manifest import output_lock, read_csv, sha256_file, write_stage_outputs
-from facecls.paths import check_output_folder, display_name, is_valid_utf8, person_name_problem
+from facecls.paths import check_output_folder, display_name, is_valid_utf8, person_name_problem, walk_files
 
 logger = logging.getLogger(__name__)
 
@@ -105,17 +105,10 @@ def list_scrape(scrape: Path) -> list[tuple[Path, str]]:
     files: list[tuple[Path, str]] = [(scrape / entry, "") for entry in entries if not is_folder(entry)]
     for entry in entries:  # hidden folders (.thumbnails, .git) are not people: listed, not used
         if entry.startswith(".") and is_folder(entry):
-            for root, directories, names in os.walk(scrape / entry, followlinks=False):
-                directories.sort()
-                files.extend((Path(root) / name, "") for name in sorted(names))
+            files.extend((Path(path), "") for path in walk_files(scrape / entry))
     people = sorted(entry for entry in entries if is_folder(entry) and not entry.startswith("."))
     for person in people:
-        for root, directories, names in os.walk(scrape / person, followlinks=False):
-            directories.sort()
-            # Symlinked folders are not walked, but listed: every entry gets a row, none hides.
-            linked = [name for name in directories if os.path.islink(os.path.join(root, name))]
-            for name in sorted(names + linked):
-                files.append((Path(root) / name, person))
+        files.extend((Path(path), person) for path in walk_files(scrape / person))
     return files
 
 

@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from facecls.errors import FaceclsError, ModelDirError
+from facecls.images import read_crops
 
 logger = logging.getLogger(__name__)
 
@@ -283,23 +284,6 @@ def calibrate_arrays(
     return model, calibration
 
 
-def _read_images(folder: Path, paths: Sequence[str], size: int, what: str, fix: str) -> np.ndarray:
-    from facecls.images import ImageDecodeError, read_rgb
-
-    pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for index, path in enumerate(paths):
-        try:
-            image = read_rgb(folder / path)
-        except (ImageDecodeError, OSError) as error:
-            raise FaceclsError(f"{folder / path}: cannot read this {what} ({error}). {fix}") from None
-        if image.shape != (size, size, 3):
-            raise FaceclsError(
-                f"{folder / path}: {what}s must be {size}x{size}. Received: {image.shape[1]}x{image.shape[0]}. {fix}"
-            )
-        pixels[index] = image
-    return pixels
-
-
 def calibrate_classifier(
     model,
     labels: Sequence[str],
@@ -343,7 +327,7 @@ def calibrate_classifier(
     recrop = "Rerun the crop stage into that folder (crops made before identity chips existed have none)."
 
     def describe(crop_paths: list[str]) -> np.ndarray:
-        chips = _read_images(crops_dir, [chip_path_of(path) for path in crop_paths], CHIP_SIZE, "identity chip", recrop)
+        chips = read_crops(crops_dir, [chip_path_of(path) for path in crop_paths], CHIP_SIZE, "identity chip", recrop)
         return encoder.embed(chips)
 
     train = sorted({(item.crop_path, item.person) for item in items if item.split == "train" and not item.flipped})
@@ -359,7 +343,7 @@ def calibrate_classifier(
     if held_out:
         paths = [path for path, _ in held_out]
         image_size = int(model.input_shape[1])
-        crops = _read_images(crops_dir, paths, image_size, "crop", "Re-crop with the model's image_size.")
+        crops = read_crops(crops_dir, paths, image_size, "crop", "Re-crop with the model's image_size.")
         probabilities = np.asarray(predict_batched(model, crops, batch_size)).reshape(len(paths), len(labels))
         named, _ = open_set.decide(describe(paths), probabilities, calibration.threshold)
         truth = np.array([class_of[person] for _, person in held_out])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from facecls.errors import FaceclsError
 
@@ -111,3 +111,16 @@ def check_output_folder(out: Path, inputs: Sequence[Path] = (), option: str = "-
                 f"{option} {out} {where} the input folder {item}: its outputs would be read back as input on the "
                 "next run. Choose a folder outside it."
             )
+
+
+def walk_files(folder: str | os.PathLike) -> Iterator[str]:
+    """Every entry under ``folder`` that is not a folder to walk into, sorted, hidden ones included.
+
+    Symbolic links to folders are listed, not followed: no loop can trap the walk, nothing outside
+    ``folder`` is read, and each gets a row (unreadable, or no_person) saying why it was not used.
+    """
+    for root, folders, names in os.walk(folder, followlinks=False):
+        folders.sort()
+        linked = [name for name in folders if os.path.islink(os.path.join(root, name))]
+        for name in sorted(names + linked):
+            yield os.path.join(root, name)

@@ -30,7 +30,7 @@ from facecls import modeldir  # noqa: E402
 from facecls.config import CropSettings, DetectSettings, TrainSettings  # noqa: E402
 from facecls.curate import SplitItem  # noqa: E402
 from facecls.errors import FaceclsError  # noqa: E402
-from facecls.images import read_rgb  # noqa: E402
+from facecls.images import read_crops  # noqa: E402
 from facecls.manifest import output_lock  # noqa: E402
 from facecls.openset import (  # noqa: E402
     OPEN_SET_FORMAT,
@@ -114,21 +114,6 @@ def _check_items(items: list[SplitItem], labels: tuple[str, ...]) -> None:
             f"Every person needs crops in the train split. Received none for: {', '.join(missing)}. "
             "Add photos of them or leave them out."
         )
-
-
-def _read_views(
-    views: list[tuple[str, bool]], crops_dir: Path, image_size: int
-) -> np.ndarray:
-    pixels = np.empty((len(views), image_size, image_size, 3), dtype=np.uint8)
-    for index, (crop_path, flipped) in enumerate(tqdm(views, desc="reading crops", unit="crop", leave=False)):
-        image = read_rgb(crops_dir / crop_path)
-        if image.shape != (image_size, image_size, 3):
-            raise FaceclsError(
-                f"{crops_dir / crop_path}: crops must be {image_size}x{image_size} (crop image_size). "
-                f"Received: {image.shape[1]}x{image.shape[0]}. Re-crop with the same image_size."
-            )
-        pixels[index] = image[:, ::-1] if flipped else image
-    return pixels
 
 
 class _EpochProgress:
@@ -460,7 +445,8 @@ def train_model(
         # Each distinct (crop, flipped) view goes through the frozen part once.
         views = sorted({(item.crop_path, item.flipped) for item in train_items + val_items})
         view_index = {view: index for index, view in enumerate(views)}
-        pixels = _read_views(views, crops_dir, image_size)
+        pixels = read_crops(crops_dir, [path for path, _ in views], image_size, "crop",
+                            "Re-crop with the same image_size (the crop stage's image_size).", [flip for _, flip in views])
         cut = predict_batched(parts.bottom, pixels, batch_size=32)
         pooled = predict_batched(parts.pooled, cut, batch_size=64)
         del pixels
