@@ -142,9 +142,8 @@ class DetectSettings:
     # its person's consensus); the 13 others (background faces, blur, a logo) were all 0.6 or more from
     # it. Under 0.8 MTCNN's own output stage drops most of what it finds.
     candidate_confidence: float = setting(
-        0.80, "with face_policy consensus, a face down to this confidence is trained on when the identity "
-        "network agrees it is the person", between=(0.0, 1.0),
-    )  # fmt: skip
+        0.80, "face_policy consensus: train on a face down to this confidence that the identity network agrees on",
+        between=(0.0, 1.0))
     min_face_fraction: float = setting(0.04, "ignore faces under this fraction of the photo's shorter side", between=(0.0, 1.0))
     # With the networks compiled (facecls.detect) a batch of 8 costs the same CPU as 8 single calls
     # (0.044 s/photo, 83 shared photos), and one photo per call makes its boxes independent of which
@@ -185,9 +184,8 @@ class CropSettings:
     # (facecls.faces.SURE_CONFIDENCE) agrees under sure_agree_distance. The shirt and chest scored
     # 0.90-0.92; the real faces at 0.51-0.56, 0.995-1.0.
     agree_distance: float = setting(
-        0.5, "identity distance (dlib's 128-d space) to the consensus of the person's other photos under "
-        "which a face is theirs", between=(0.0, 2.0),
-    )  # fmt: skip
+        0.5, "a face is the person's under this identity distance to the consensus of their other photos",
+        between=(0.0, 2.0))
     sure_agree_distance: float = setting(0.55, "agree_distance for a face MTCNN is sure of (0.99 or more)", between=(0.0, 2.0))
     # The two at 0.90-0.92 in scraped-celebs-6 were a shirt and a chest, real bystanders scored
     # 0.947-1.0. Fewer negatives cost little; a shirt among them teaches the wrong thing.
