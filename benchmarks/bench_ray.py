@@ -28,26 +28,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from process_memory import process_table  # noqa: E402  (beside this script)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
 CONFIGS = (("local", []), ("ray, 1 actor", ["--engine", "ray", "--actors", "1"]), ("ray, 2 actors", ["--engine", "ray", "--actors", "2"]))
-
-
-def _process_table() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds so far) of every process."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
-    return table
 
 
 class CpuMeter:
@@ -59,14 +45,14 @@ class CpuMeter:
 
     def __init__(self):
         self.root_pid = os.getpid()
-        self.start = {pid: cpu for pid, (_, cpu) in _process_table().items()}
+        self.start = {pid: cpu for pid, (_, cpu) in process_table().items()}
         self.last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
-        table = _process_table()
+        table = process_table()
         tree, stack = set(), [self.root_pid]
         while stack:
             pid = stack.pop()

@@ -1,9 +1,25 @@
-"""Memory of a process tree, read from /proc: shared by the benchmarks that measure it."""
+"""Processes, their CPU time and the memory of a process tree, read from /proc: shared by the benchmarks that measure them."""
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
+
+
+def process_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds so far) of every process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+            table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
 
 
 def tree_memory_bytes(root_pid: int) -> tuple[int, int]:
@@ -13,15 +29,8 @@ def tree_memory_bytes(root_pid: int) -> tuple[int, int]:
     between the processes using them, so its sum is what the tree really occupies.
     """
     children: dict[int, list[int]] = defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-            children[int(fields[1])].append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
+    for pid, (parent, _) in process_table().items():
+        children[parent].append(pid)
     rss = pss = 0
     stack = [root_pid]
     while stack:
