@@ -99,11 +99,12 @@ def candidate_confidence(detect: DetectSettings) -> float:
 
 @dataclass(frozen=True)
 class FaceChoice:
+    """Which detections of one photo are cut out as the person's, and which as other people's."""
+
     status: str
     reason: str
     chosen: tuple[int, ...]  # indices into the detections, in the order they are cropped
     others: tuple[int, ...] = ()  # faces that passed the filters but were not chosen (other people)
-
 
 
 @dataclass(frozen=True)
