@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from facecls import images
 from facecls.errors import FaceclsError
+from facecls.faces import PHASES as FACE_PHASES
 from facecls.faces import DetectorFactory, FaceCropper, PhotoFaces, default_workers, mtcnn_detector, workers_for
 from facecls.ingest import MAX_FILE_BYTES_PER_PIXEL
 from facecls.manifest import atomic_write_bytes, output_lock, read_json, sha256_file, write_json
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 ANNOTATED_LONGEST_SIDE = 2048
 # Photos are grouped until this many faces wait, then classified in one model call.
 DEFAULT_BATCH_SIZE = 32
-PHASES = ("decode", "detect", "crop", "classify")  # timed per photo (PhotoPrediction.seconds)
+PHASES = FACE_PHASES + ("classify",)  # timed per photo (PhotoPrediction.seconds)
 
 
 @dataclass(frozen=True)

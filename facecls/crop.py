@@ -44,7 +44,7 @@ from facecls.config import CropSettings, DetectSettings, settings_to_dict
 from facecls.consensus import FaceDecision, decide_faces, read_corrections
 from facecls.detect import Detection
 from facecls.errors import FaceclsError
-from facecls.faces import DetectorFactory, FaceCropper, PhotoFaces, mtcnn_detector, task_size, workers_for
+from facecls.faces import PHASES, DetectorFactory, FaceCropper, PhotoFaces, mtcnn_detector, task_size, workers_for
 from facecls.manifest import atomic_write_bytes, field_names, output_lock, read_csv, read_json, write_csv, write_json
 from facecls.layout import CORRECTIONS_NAME, CROP_SUMMARY, CROPS_MANIFEST, OTHERS_MANIFEST, PHOTOS_MANIFEST
 from facecls.paths import check_output_folder, path_under
@@ -198,7 +198,7 @@ def crop(
             else:
                 cached.update((record.path, entry) for record, entry in zip(batch, entries))
         progress = tqdm(total=len(records), initial=len(cached), desc="crop", unit="photo")
-        phase_seconds = dict.fromkeys(("decode", "detect", "crop"), 0.0)
+        phase_seconds = dict.fromkeys(PHASES, 0.0)
         with FaceCropper(
             detect_settings, crop_settings, workers=workers_for(len(todo), workers), candidates=True,
             detector_factory=detector_factory,

@@ -33,6 +33,8 @@ from facecls.errors import FaceclsError
 
 logger = logging.getLogger(__name__)
 
+PHASES = ("decode", "detect", "crop")  # what the face path times per photo (PhotoFaces.seconds)
+
 
 class Detector(Protocol):
     """What ``FaceCropper`` needs of a face detector: its settings, and every face of each photo.
